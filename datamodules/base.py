@@ -1,0 +1,281 @@
+"""The base DataModule: raw rows -> canonical records -> method examples -> token ids -> batches.
+
+A dataset file subclasses ``RecordDataModule`` and writes two things: ``load_split`` (the real
+``datasets.load_dataset`` call, hub or local files) and ``to_records`` (one raw row -> records). It knows
+nothing about methods. The method (the LightningModule) says which record kind it consumes and how a
+record becomes an example (``record_kind``, ``example_fn``); it knows nothing about datasets.
+
+Every step runs through ``datasets.map`` (batched, ``num_proc`` configurable) and is cached by the
+datasets fingerprint. A bad row stops the run with its file, row and field (``on_error: raise``) or is
+skipped and written to a log with its reason (``on_error: skip``); length drops are counted and logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import datasets
+import lightning as L
+
+from datamodules.loader import ResumableBatchSampler, ResumableDataLoader
+from zoo.collate import PadCollator, TokenizeSettings, tokenize_examples
+from zoo.records import RECORD_TYPES, Record, RecordError
+
+log = logging.getLogger("steerzoo.data")
+OnError = Literal["raise", "skip"]
+STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("predict",)}
+
+
+def convert_rows(
+    batch: dict[str, list],
+    indices: list[int],
+    *,
+    to_records: Callable,
+    kind: str,
+    source: str,
+    on_error: OnError,
+    options: dict[str, Any],
+) -> dict[str, list]:
+    """Batched ``datasets.map`` function: raw rows -> record rows (+ ``_error`` / ``_row`` columns)."""
+    keys = list(batch)
+    fields = [f.name for f in dataclasses.fields(RECORD_TYPES[kind])]
+    out: dict[str, list] = {f: [] for f in fields} | {"_error": [], "_row": []}
+    for j, row_index in enumerate(indices):
+        raw = {k: batch[k][j] for k in keys}
+        try:
+            records = to_records(raw, kind, **options)
+            rows = [r.to_row() for r in records]
+            error = None
+        except RecordError as e:
+            located = e.at(source, row_index)
+            if on_error == "raise":
+                raise located from None
+            rows, error = [{f: None for f in fields}], str(located)
+        for r in rows:
+            for f in fields:
+                out[f].append(r.get(f))
+            out["_error"].append(error)
+            out["_row"].append(row_index)
+    return out
+
+
+def make_examples(batch: dict[str, list], *, example_fn: Callable, kind: str, **kwargs) -> dict[str, list]:
+    """Batched ``datasets.map`` function: record rows -> method examples (``example_fn`` may yield several)."""
+    cls: type[Record] = RECORD_TYPES[kind]
+    keys = list(batch)
+    out: dict[str, list] = {}
+    for j in range(len(batch[keys[0]])):
+        record = cls.from_row({k: batch[k][j] for k in keys})
+        for ex in example_fn(record, **kwargs):
+            for k, v in ex.items():
+                out.setdefault(k, []).append(v)
+    return out
+
+
+class RecordDataModule(L.LightningDataModule):
+    """Shared machinery; subclasses implement ``load_split`` and ``to_records``.
+
+    Args:
+        batch_size: examples per training batch (per process).
+        eval_batch_size: examples per validation/test/predict batch (default: batch_size).
+        max_samples: cap on examples per split (``{"train": 256}`` or one int for all), applied after
+            conversion; handy for quick runs.
+        validation_fraction: when the source has no validation split, hold out this fraction of train.
+        seed: data order and held-out split.
+        on_error: ``raise`` (default) stops at the first bad row; ``skip`` skips it and logs the reason.
+        num_proc: processes for ``datasets.map``.
+        num_workers: DataLoader workers.
+        log_dir: where skip and drop reports are written.
+    """
+
+    record_kinds: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        max_samples: int | dict[str, int] | None = None,
+        validation_fraction: float = 0.0,
+        seed: int = 0,
+        on_error: OnError = "raise",
+        num_proc: int | None = None,
+        num_workers: int = 0,
+        log_dir: str = "outputs/data_reports",
+    ):
+        super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.max_samples, self.validation_fraction, self.seed = max_samples, validation_fraction, seed
+        self.on_error, self.num_proc, self.num_workers, self.log_dir = on_error, num_proc, num_workers, Path(log_dir)
+        self.datasets: dict[str, datasets.Dataset] = {}
+        self.reports: dict[str, dict[str, int]] = {}
+        self.method: Any = None  # the LightningModule (or any object with the method interface)
+
+    # ---- what a dataset file implements -------------------------------------------------------------
+    def load_split(self, split: str) -> datasets.Dataset:
+        """Raw rows of ``split`` (train / validation / test / predict) through ``datasets.load_dataset``."""
+        raise NotImplementedError
+
+    def source_name(self, split: str) -> str:
+        """Where ``split``'s rows come from, for error messages (a file path or hub id)."""
+        return split
+
+    @staticmethod
+    def to_records(row: dict[str, Any], kind: str, **options: Any) -> list[Record]:
+        """One raw row -> canonical records of ``kind``. Raise ``RecordError`` naming the field.
+
+        A static function of the row and ``record_options()`` alone, so datasets can fingerprint and cache it.
+        """
+        raise NotImplementedError
+
+    def record_options(self) -> dict[str, Any]:
+        """Plain values ``to_records`` needs (filters, attribute names...)."""
+        return {}
+
+    # ---- the pipeline ---------------------------------------------------------------------------------
+    def attach(self, method: Any) -> RecordDataModule:
+        """Use ``method`` (record_kind, example_fn, tokenizer, tokenize_settings) without a Trainer."""
+        self.method = method
+        return self
+
+    def _method(self) -> Any:
+        if self.method is None:
+            if self.trainer is None:
+                raise RuntimeError("call datamodule.attach(module) or use it through a Trainer")
+            self.method = self.trainer.lightning_module
+        return self.method
+
+    def records(self, split: str, kind: str) -> datasets.Dataset:
+        """Canonical records of ``kind`` for ``split``, validated; bad rows raise or are skipped and logged."""
+        if kind not in self.record_kinds:
+            raise ValueError(
+                f"{type(self).__name__} provides records of kinds {self.record_kinds}, but the method needs {kind!r}"
+            )
+        raw = self.load_split(split)
+        source = self.source_name(split)
+        recs = raw.map(
+            convert_rows,
+            batched=True,
+            with_indices=True,
+            remove_columns=raw.column_names,
+            num_proc=self.num_proc,
+            fn_kwargs=dict(
+                to_records=type(self).to_records,
+                kind=kind,
+                source=source,
+                on_error=self.on_error,
+                options=self.record_options(),
+            ),
+            desc=f"{type(self).__name__}: {split} rows -> {kind} records",
+        )
+        produced = len(set(recs["_row"]))
+        if produced < len(raw):  # a dataset's own filter (single-turn, subset...) said no: count it
+            self._report(split, "filtered", [f"{len(raw) - produced} of {len(raw)} rows yield no {kind} record"])
+        errors = [e for e in recs["_error"] if e is not None]
+        if errors:
+            self._report(split, "skipped", errors)
+            recs = recs.filter(lambda e: e is None, input_columns="_error", num_proc=self.num_proc)
+        return recs.remove_columns(["_error"])
+
+    def _report(self, split: str, what: str, lines: list[str]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path = self.log_dir / f"{type(self).__name__}-{split}-{what}.log"
+        path.write_text("\n".join(lines) + "\n")
+        msg = f"{type(self).__name__} {split}: {what} {len(lines)} rows (reasons in {path})"
+        print(msg)
+        log.warning(msg)
+
+    def _cap(self, split: str, ds: datasets.Dataset) -> datasets.Dataset:
+        cap = self.max_samples.get(split) if isinstance(self.max_samples, dict) else self.max_samples
+        return ds.select(range(min(cap, len(ds)))) if cap is not None else ds
+
+    def build_split(self, split: str) -> datasets.Dataset:
+        method = self._method()
+        kind = "prompt" if split == "predict" else method.record_kind
+        recs = self._cap(split, self.records(split, kind))
+        examples = recs.map(
+            make_examples,
+            batched=True,
+            remove_columns=recs.column_names,
+            num_proc=self.num_proc,
+            fn_kwargs=dict(example_fn=method.example_fn, kind=kind, **method.example_kwargs(split)),
+            desc=f"{type(method).__name__}: {kind} records -> examples",
+        )
+        settings: TokenizeSettings = method.tokenize_settings
+        tokenized = examples.map(
+            tokenize_examples,
+            batched=True,
+            num_proc=self.num_proc,
+            fn_kwargs=dict(tokenizer=method.tokenizer, settings=settings),
+            desc="tokenize",
+        )
+        counts = Counter(tokenized["length_status"])
+        self.reports[split] = {"examples": len(tokenized), **counts}
+        if counts.get("dropped") or counts.get("truncated"):
+            print(
+                f"{split}: {counts.get('dropped', 0)} examples dropped and {counts.get('truncated', 0)} truncated "
+                f"for max_length={settings.max_length} ({settings.length_policy}) of {len(tokenized)}"
+            )
+        if counts.get("dropped"):
+            tokenized = tokenized.filter(lambda s: s != "dropped", input_columns="length_status")
+        if len(tokenized) == 0:
+            raise ValueError(f"{type(self).__name__} {split}: no examples left (see the counts above)")
+        return tokenized.add_column("idx", list(range(len(tokenized))))
+
+    def prepare_data(self) -> None:
+        """Download/convert once per node (datasets caches the result for setup)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in STAGE_SPLITS.get(stage or "fit", ()):
+            if split not in self.datasets:
+                self.datasets[split] = self.build_split(split)
+        if self.trainer is not None and self.trainer.logger is not None and self.reports:
+            flat = {f"data/{s}/{k}": float(v) for s, r in self.reports.items() for k, v in r.items()}
+            self.trainer.logger.log_hyperparams(flat)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / "counts.json").write_text(json.dumps(self.reports, indent=2))
+
+    # ---- loaders ----------------------------------------------------------------------------------
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> ResumableDataLoader:
+        ds = self.datasets[split]
+        method = self._method()
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = ResumableBatchSampler(len(ds), batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+        progress = None
+        if self.trainer is not None and split == "train":
+            progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.completed  # noqa: E731
+        return ResumableDataLoader(
+            ds.with_format(None, columns=[c for c in ds.column_names if c not in ("prompt", "completions")]),
+            batch_sampler=sampler,
+            progress=progress,
+            collate_fn=PadCollator(method.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("validation", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self):
+        return self._loader("predict", self.eval_batch_size, shuffle=False)
+
+    def split_off_validation(self, train: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """(train, validation) from one split, seeded; for sources without a validation split."""
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"{type(self).__name__}: the source has no validation split; set data.validation_fraction in (0, 1)"
+            )
+        parts = train.train_test_split(test_size=self.validation_fraction, seed=self.seed, shuffle=True)
+        return parts["train"], parts["test"]

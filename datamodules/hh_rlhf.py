@@ -1,0 +1,175 @@
+"""Anthropic HH-RLHF (``Anthropic/hh-rlhf``): full transcripts -> preference pairs, demonstrations, prompts.
+
+Hub rows are ``{"chosen": transcript, "rejected": transcript}``, each ``\\n\\nHuman: …\\n\\nAssistant: …``
+and sharing every turn but the last assistant reply. The prompt is the shared prefix up to the last
+``\\n\\nAssistant:`` inside it (a few real rows have replies that themselves contain fake turns, so
+splitting each transcript at its own last marker would give two different prompts); the rest of each
+transcript is its completion. The prompt is parsed into user/assistant messages, so any prompt format
+(HH text or a chat template) can render it.
+
+Sources: the hub (``data_dir``: helpful-base, harmless-base, helpful-online, helpful-rejection-sampled;
+several are concatenated), local JSON(L) files (``data_files``), or the shipped sample (the whole
+helpful-base *test* split, MIT; see ``datamodules/samples/PROVENANCE.md``), all through
+``datasets.load_dataset``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+
+from datamodules.base import RecordDataModule
+from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError
+
+HUB_ID = "Anthropic/hh-rlhf"
+SUBSETS = ("helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts")
+SAMPLE_FILE = Path(__file__).parent / "samples" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+ASSISTANT = "\n\nAssistant:"
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def parse_transcript(text: str, field: str) -> list[dict[str, str]]:
+    """``\\n\\nHuman: a\\n\\nAssistant: b…`` -> [{"role": "user", "content": "a"}, {"role": "assistant", …}]."""
+    parts = _TURN.split(text)
+    if parts[0].strip():
+        raise RecordError("transcript must start with '\\n\\nHuman:'", field=field)
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        role = "user" if speaker == "Human" else "assistant"
+        content = content.strip()
+        if not content:
+            raise RecordError(f"empty {speaker} turn", field=field)
+        messages.append({"role": role, "content": content})
+    if not messages:
+        raise RecordError("no '\\n\\nHuman:' turn", field=field)
+    return messages
+
+
+def split_pair(chosen: Any, rejected: Any) -> tuple[str, str, str]:
+    """(prompt transcript ending in ``\\n\\nAssistant:``, chosen reply, rejected reply)."""
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, str):
+            raise RecordError(f"expected a transcript string, got {type(value).__name__}", field=name)
+        if ASSISTANT not in value:
+            raise RecordError("no '\\n\\nAssistant:' turn", field=name)
+    common = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        common += 1
+    cut = chosen.rfind(ASSISTANT, 0, common - len(ASSISTANT) + 1) if common >= len(ASSISTANT) else -1
+    if cut < 0:
+        raise RecordError("chosen and rejected share no prompt ending in '\\n\\nAssistant:'", field="rejected")
+    start = cut + len(ASSISTANT)
+    return chosen[:start], chosen[start:].strip(), rejected[start:].strip()
+
+
+class HHRLHFDataModule(RecordDataModule):
+    """HH-RLHF preference pairs (``preference``), chosen replies as demonstrations (``demonstration``),
+    and prompts (``prompt``).
+
+    Args:
+        data_dir: hub subsets to load (concatenated), e.g. ``["helpful-base", "harmless-base"]``.
+        data_files: local JSON/JSONL(.gz) files per split (``{"train": [...], "test": [...]}``); overrides
+            the hub. ``"sample"`` uses the shipped helpful-base test split.
+        single_turn: keep only prompts with one human turn.
+        dedup: drop repeated (prompt, chosen, rejected) rows (counted in the skip report).
+        (see ``RecordDataModule`` for the shared arguments)
+    """
+
+    record_kinds: ClassVar[tuple[str, ...]] = ("preference", "demonstration", "prompt")
+
+    def __init__(
+        self,
+        data_dir: list[str] | str = "helpful-base",
+        data_files: dict[str, list[str] | str] | str | None = None,
+        single_turn: bool = False,
+        dedup: bool = False,
+        revision: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.data_dir = [data_dir] if isinstance(data_dir, str) else list(data_dir)
+        unknown = [d for d in self.data_dir if d not in SUBSETS]
+        if unknown:
+            raise ValueError(f"data.data_dir: unknown HH-RLHF subsets {unknown}; known: {SUBSETS}")
+        if data_files == "sample":
+            data_files = {"train": [str(SAMPLE_FILE)]}
+        self.data_files, self.single_turn, self.dedup, self.revision = data_files, single_turn, dedup, revision
+
+    # --- raw rows ---------------------------------------------------------------------------------
+    def _files_for(self, split: str) -> list[str] | None:
+        if self.data_files is None:
+            return None
+        files = self.data_files.get(split)
+        if files is None:
+            return None
+        files = [files] if isinstance(files, str) else list(files)
+        for f in files:
+            if not Path(f).exists():
+                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
+        return files
+
+    def _load(self, split: str) -> datasets.Dataset | None:
+        if self.data_files is not None:
+            files = self._files_for(split)
+            return None if files is None else datasets.load_dataset("json", data_files=files, split="train")
+        hub_split = {"validation": "test", "predict": "test"}.get(split, split)
+        parts = [
+            datasets.load_dataset(HUB_ID, data_dir=d, split=hub_split, revision=self.revision) for d in self.data_dir
+        ]
+        return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        ds = self._load(split)
+        if ds is not None:
+            return ds
+        if split in ("validation", "predict", "test") and self.validation_fraction:
+            return self.split_off_validation(self._load("train"))[1]  # a held-out part of train
+        if split == "train" and self.validation_fraction:
+            return self.split_off_validation(self._load("train"))[0]
+        raise ValueError(f"HH-RLHF: no data for split {split!r}; give data.data_files.{split} or validation_fraction")
+
+    def source_name(self, split: str) -> str:
+        files = self._files_for(split) if self.data_files is not None else None
+        if files:
+            return ",".join(files)
+        if self.data_files is not None:
+            return f"{','.join(self._files_for('train') or [])} (held-out {split} part)"
+        return f"{HUB_ID}[{'+'.join(self.data_dir)}]/{split}"
+
+    def record_options(self) -> dict[str, Any]:
+        return {"single_turn": self.single_turn}
+
+    @staticmethod
+    def to_records(row: dict[str, Any], kind: str, single_turn: bool = False) -> list[Record]:
+        for name in ("chosen", "rejected"):
+            if name not in row or row[name] is None:
+                raise RecordError("missing", field=name)
+        prompt_text, chosen, rejected = split_pair(row["chosen"], row["rejected"])
+        prompt = parse_transcript(prompt_text[: -len(ASSISTANT)], "chosen")
+        if single_turn and sum(m["role"] == "user" for m in prompt) > 1:
+            return []
+        if kind == "preference":
+            return [PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected)]
+        if kind == "demonstration":
+            return [Demonstration(prompt=prompt, response=chosen)]
+        return [PromptRecord(prompt=prompt)]
+
+    def records(self, split: str, kind: str) -> datasets.Dataset:
+        recs = super().records(split, kind)
+        if self.dedup:
+            keys = ["prompt", "chosen", "rejected"] if kind == "preference" else ["prompt"]
+            seen, keep = set(), []
+            for i, row in enumerate(recs.select_columns(keys)):
+                key = repr([row[k] for k in keys])
+                if key not in seen:
+                    seen.add(key)
+                    keep.append(i)
+            if len(keep) < len(recs):
+                self._report(split, "deduplicated", [f"{len(recs) - len(keep)} repeated {kind} records removed"])
+                recs = recs.select(keep)
+        return recs

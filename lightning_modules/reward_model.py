@@ -1,0 +1,93 @@
+"""Bradley-Terry reward model: a ``ValueHead`` on the trunk's last-token hidden state, trained with
+``zoo.losses.bradley_terry_loss`` on preference pairs (one concatenated forward for both replies).
+
+The head has named outputs; with one output it is the classic scalar RM, and a k-output regression
+reward model (DPA) reuses the same head. ``save_pretrained`` writes the trunk as an HF directory (or
+PEFT adapter) plus ``value_head.safetensors`` and ``value_head.json`` (output names).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from lightning_modules.base import STAGE_PREFIX, CausalLMModule
+from zoo.backbone import base_model
+from zoo.heads import ValueHead
+from zoo.logprobs import last_token_hidden
+from zoo.losses import bradley_terry_loss
+from zoo.records import PreferencePair
+
+
+class RewardModel(CausalLMModule):
+    """Pairwise (Bradley-Terry) reward model.
+
+    Args:
+        head_dropout: dropout on the hidden state before the head.
+        center_rewards_coefficient: weight of an optional (r_c + r_r)² penalty that keeps rewards centred
+            (0 = off, as in the original formulation).
+    """
+
+    record_kind = "preference"
+
+    def __init__(self, head_dropout: float = 0.0, center_rewards_coefficient: float = 0.0, **kwargs: Any):
+        self.head_dropout, self.center_rewards_coefficient = head_dropout, center_rewards_coefficient
+        super().__init__(**kwargs)
+        self.value_head: ValueHead | None = None
+
+    def method_hparams(self) -> dict[str, Any]:
+        return dict(head_dropout=self.head_dropout, center_rewards_coefficient=self.center_rewards_coefficient)
+
+    @staticmethod
+    def example_fn(record: PreferencePair, **kwargs: Any) -> Iterable[dict[str, Any]]:
+        yield {"prompt": list(record.prompt), "completions": [record.chosen, record.rejected]}
+
+    def build_extras(self) -> None:
+        self.value_head = ValueHead(base_model(self.model).config.hidden_size, ["reward"], self.head_dropout)
+
+    def rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[C*B, k] rewards of every row of a batch."""
+        return self.value_head(last_token_hidden(self.model, batch["input_ids"], batch["attention_mask"]))
+
+    def rm_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        r = self.rewards(batch)[:, 0]
+        b = r.shape[0] // 2
+        r_c, r_r = r[:b], r[b:]
+        loss = bradley_terry_loss(r_c, r_r).mean()
+        if self.center_rewards_coefficient:
+            loss = loss + self.center_rewards_coefficient * ((r_c + r_r) ** 2).mean()
+        stage = STAGE_PREFIX[split]
+        self.log_dict(
+            {
+                f"{stage}/loss": loss,
+                f"{stage}/accuracy": (r_c > r_r).float().mean(),
+                f"{stage}/margin": (r_c - r_r).mean(),
+                f"{stage}/rewards_chosen": r_c.mean(),
+                f"{stage}/rewards_rejected": r_r.mean(),
+            },
+            prog_bar=split == "train",
+            batch_size=b,
+            sync_dist=split != "train",
+        )
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.rm_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.rm_step(batch, "validation")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.rm_step(batch, "test")
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = super().save_pretrained(path)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
+                  str(path / "value_head.safetensors"))
+        (path / "value_head.json").write_text(json.dumps({"names": self.value_head.names}))
+        return path

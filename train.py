@@ -1,0 +1,30 @@
+"""steerzoo's command line: ``python train.py {fit,validate,test,predict} --config configs/<method>.yaml``.
+
+LightningCLI in subclass mode: ``model`` is any LightningModule in ``lightning_modules`` and ``data``
+any DataModule in ``datamodules``; several ``--config`` files compose and every key can be overridden
+on the command line. The resolved config is saved beside each run's logs.
+"""
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+import datamodules  # noqa: E402,F401  (registers the DataModules for class_path lookup)
+import lightning_modules  # noqa: E402,F401
+from callbacks.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+
+
+def main(args: list[str] | None = None) -> LightningCLI:
+    return LightningCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},  # re-running in the same folder must not crash
+        trainer_defaults={"plugins": [AtomicCheckpointIO()], "use_distributed_sampler": False},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Sequence log-probabilities at completion positions only.
+
+The LM head is applied to the hidden states of completion positions alone, in chunks, and each chunk is
+recomputed in backward instead of storing its ``[chunk, vocab]`` logits: no full-vocabulary
+log-softmax over prompt or pad tokens, and peak memory independent of the vocabulary size times length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from zoo.backbone import trunk_and_head
+from zoo.collate import IGNORE_INDEX
+
+
+def _token_logps(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()  # log-softmax in fp32 even under bf16 autocast
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def token_logprobs(
+    hidden: torch.Tensor,
+    head: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """log p(target | hidden) for rows of ``hidden`` [M, H] and ``targets`` [M], ``chunk_size`` rows at a time."""
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    parts = []
+    for i in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[i : i + chunk_size], targets[i : i + chunk_size]
+        if recompute:
+            parts.append(checkpoint(_token_logps, h, head, t, use_reentrant=False))
+        else:
+            parts.append(_token_logps(h, head, t))
+    return torch.cat(parts)
+
+
+def completion_hidden(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Trunk forward; returns (hidden states at positions that predict a label [M, H], their targets [M],
+    the row each belongs to [M]). Position t predicts token t+1."""
+    trunk, _ = trunk_and_head(model)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
+    return hidden[:, :-1][mask], targets[mask], rows
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+    head: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of completion-token log-probs per row [N], completion-token count per row [N]).
+
+    ``head`` overrides the model's LM head (CMPO's mixed heads); default: the model's own.
+    """
+    hidden, targets, rows = completion_hidden(model, input_ids, attention_mask, labels)
+    if head is None:
+        head = trunk_and_head(model)[1]
+    logps = token_logprobs(hidden, head, targets, chunk_size)
+    n = labels.shape[0]
+    summed = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
+    counts = torch.zeros(n, dtype=torch.long, device=labels.device).index_add(0, rows, torch.ones_like(rows))
+    return summed, counts
+
+
+def last_token_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Trunk hidden state at each row's last real token (right padding) [N, H]; reward heads read it."""
+    trunk, _ = trunk_and_head(model)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    last = attention_mask.sum(-1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def full_logits_reference(model: nn.Module, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook computation (full logits, full log-softmax) — for tests to check the fast path against."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logp = torch.gather(F.log_softmax(logits, -1), -1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    return (logp * mask).sum(-1), mask.sum(-1)
