@@ -13,6 +13,8 @@ skipped and written to a log with its reason (``on_error: skip``); length drops 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import json
 import logging
 from collections import Counter
@@ -23,31 +25,36 @@ from typing import Any, ClassVar, Literal
 import datasets
 import lightning as L
 
-from datamodules.loader import ResumableBatchSampler, ResumableDataLoader
+from datamodules.loader import ResumableDataLoader, ResumableSampler
 from zoo.collate import PadCollator, TokenizeSettings, tokenize_examples
+import zoo.records as records_module
 from zoo.records import RECORD_TYPES, Record, RecordError
 
 log = logging.getLogger("steerzoo.data")
 OnError = Literal["raise", "skip"]
+ROW = "__row__"  # a raw row's index in its source file, kept through splits for error messages
 STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("predict",)}
 
 
 def convert_rows(
     batch: dict[str, list],
-    indices: list[int],
+    indices: list[int] | None = None,
     *,
     to_records: Callable,
     kind: str,
     source: str,
     on_error: OnError,
     options: dict[str, Any],
+    code: str = "",
 ) -> dict[str, list]:
     """Batched ``datasets.map`` function: raw rows -> record rows (+ ``_error`` / ``_row`` columns)."""
     keys = list(batch)
     fields = [f.name for f in dataclasses.fields(RECORD_TYPES[kind])]
     out: dict[str, list] = {f: [] for f in fields} | {"_error": [], "_row": []}
+    if indices is None:  # rows carry their original position (a split made from a bigger file)
+        indices = batch[ROW]
     for j, row_index in enumerate(indices):
-        raw = {k: batch[k][j] for k in keys}
+        raw = {k: batch[k][j] for k in keys if k != ROW}
         try:
             records = to_records(raw, kind, **options)
             rows = [r.to_row() for r in records]
@@ -65,7 +72,18 @@ def convert_rows(
     return out
 
 
-def make_examples(batch: dict[str, list], *, example_fn: Callable, kind: str, **kwargs) -> dict[str, list]:
+def code_digest(*objs: Any) -> str:
+    """Digest of the source files defining ``objs``: part of every cached map's fingerprint, so editing a
+    converter or a helper it calls invalidates the datasets cache (datasets hashes the function alone)."""
+    h = hashlib.sha1()
+    for obj in objs:
+        h.update(Path(inspect.getfile(obj)).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def make_examples(
+    batch: dict[str, list], *, example_fn: Callable, kind: str, code: str = "", **kwargs
+) -> dict[str, list]:
     """Batched ``datasets.map`` function: record rows -> method examples (``example_fn`` may yield several)."""
     cls: type[Record] = RECORD_TYPES[kind]
     keys = list(batch)
@@ -163,7 +181,7 @@ class RecordDataModule(L.LightningDataModule):
         recs = raw.map(
             convert_rows,
             batched=True,
-            with_indices=True,
+            with_indices=ROW not in raw.column_names,
             remove_columns=raw.column_names,
             num_proc=self.num_proc,
             fn_kwargs=dict(
@@ -172,6 +190,7 @@ class RecordDataModule(L.LightningDataModule):
                 source=source,
                 on_error=self.on_error,
                 options=self.record_options(),
+                code=code_digest(type(self), records_module),
             ),
             desc=f"{type(self).__name__}: {split} rows -> {kind} records",
         )
@@ -190,7 +209,7 @@ class RecordDataModule(L.LightningDataModule):
         path.write_text("\n".join(lines) + "\n")
         msg = f"{type(self).__name__} {split}: {what} {len(lines)} rows (reasons in {path})"
         print(msg)
-        log.warning(msg)
+
 
     def _cap(self, split: str, ds: datasets.Dataset) -> datasets.Dataset:
         cap = self.max_samples.get(split) if isinstance(self.max_samples, dict) else self.max_samples
@@ -205,7 +224,12 @@ class RecordDataModule(L.LightningDataModule):
             batched=True,
             remove_columns=recs.column_names,
             num_proc=self.num_proc,
-            fn_kwargs=dict(example_fn=method.example_fn, kind=kind, **method.example_kwargs(split)),
+            fn_kwargs=dict(
+                example_fn=method.example_fn,
+                kind=kind,
+                code=code_digest(type(method), records_module),
+                **method.example_kwargs(split),
+            ),
             desc=f"{type(method).__name__}: {kind} records -> examples",
         )
         settings: TokenizeSettings = method.tokenize_settings
@@ -213,7 +237,7 @@ class RecordDataModule(L.LightningDataModule):
             tokenize_examples,
             batched=True,
             num_proc=self.num_proc,
-            fn_kwargs=dict(tokenizer=method.tokenizer, settings=settings),
+            fn_kwargs=dict(tokenizer=method.tokenizer, settings=settings, code=code_digest(tokenize_examples)),
             desc="tokenize",
         )
         counts = Counter(tokenized["length_status"])
@@ -247,13 +271,15 @@ class RecordDataModule(L.LightningDataModule):
         ds = self.datasets[split]
         method = self._method()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        sampler = ResumableBatchSampler(len(ds), batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+        sampler = ResumableSampler(len(ds), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
         progress = None
         if self.trainer is not None and split == "train":
-            progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.completed  # noqa: E731
+            # batches whose training step ran (a checkpoint taken in on_train_batch_end counts its batch)
+            progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
         return ResumableDataLoader(
             ds.with_format(None, columns=[c for c in ds.column_names if c not in ("prompt", "completions")]),
-            batch_sampler=sampler,
+            sampler=sampler,
+            batch_size=batch_size,
             progress=progress,
             collate_fn=PadCollator(method.tokenizer.pad_token_id),
             num_workers=self.num_workers,
@@ -277,5 +303,7 @@ class RecordDataModule(L.LightningDataModule):
             raise ValueError(
                 f"{type(self).__name__}: the source has no validation split; set data.validation_fraction in (0, 1)"
             )
+        if ROW not in train.column_names:
+            train = train.add_column(ROW, list(range(len(train))))
         parts = train.train_test_split(test_size=self.validation_fraction, seed=self.seed, shuffle=True)
         return parts["train"], parts["test"]

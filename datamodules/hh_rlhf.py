@@ -60,7 +60,7 @@ def split_pair(chosen: Any, rejected: Any) -> tuple[str, str, str]:
         if a != b:
             break
         common += 1
-    cut = chosen.rfind(ASSISTANT, 0, common - len(ASSISTANT) + 1) if common >= len(ASSISTANT) else -1
+    cut = chosen.rfind(ASSISTANT, 0, common)  # the last marker lying wholly inside the shared prefix
     if cut < 0:
         raise RecordError("chosen and rejected share no prompt ending in '\\n\\nAssistant:'", field="rejected")
     start = cut + len(ASSISTANT)

@@ -134,7 +134,7 @@ class DPO(CausalLMModule):
         if self.global_step > 0 and self.reference_model is None:
             raise RuntimeError(f"reference log-probs for '{split}' are missing after training started")
         loader = dm._loader(split, dm.eval_batch_size, shuffle=False)
-        loader.batch_sampler.rank, loader.batch_sampler.world_size = 0, 1  # every rank caches every example
+        loader.sampler.rank, loader.sampler.world_size = 0, 1  # every rank caches every example
         out = torch.zeros(n, 2)
         was_training = self.model.training
         self.model.eval()

@@ -231,20 +231,22 @@ def _build(gguf: pathlib.Path, out_dir: pathlib.Path, fingerprint: dict[str, Any
     """Dequantize the GGUF with transformers, fix up special tokens, save to ``out_dir``."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     started = time.perf_counter()
     load_kwargs: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # transformers v4: GGUF files are always dequantized to dense weights
+        model_kwargs: dict[str, Any] = {"torch_dtype": torch.float32}
+    else:
+        # transformers v5 keeps a GGUF quantizer attached to llama models unless asked to
+        # dequantize, and such a model refuses save_pretrained. dequantize=True gives a plain dense
+        # model (and stays dense even if the optional `kernels` package, which keeps GGUF weights
+        # packed, is installed).
+        model_kwargs = {"quantization_config": GgufConfig(dequantize=True), "dtype": torch.float32}
 
-    # transformers v5 keeps a GGUF quantizer attached to llama models unless asked to dequantize,
-    # and such a model refuses save_pretrained. dequantize=True yields a plain dense model (and
-    # stays dense even if the optional `kernels` package, which packs GGUF weights, is installed).
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent,
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32,
-        **load_kwargs,
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, **model_kwargs, **load_kwargs)
     if getattr(model, "hf_quantizer", None) is not None:  # belt and braces across versions
         model.hf_quantizer.remove_quantization_config(model)
     model.eval()
@@ -362,7 +364,9 @@ def _demo(cache_dir: str | None, threads: int, max_new_tokens: int) -> None:
             **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
         )
         elapsed = time.perf_counter() - start
-    print(f"greedy generate, {output.shape[1] - prompt_length} new tokens on {threads} threads: {elapsed:.2f} s")
+    print(
+        f"greedy generate, {output.shape[1] - prompt_length} new tokens on {threads} threads: {elapsed:.2f} s"
+    )
 
 
 if __name__ == "__main__":

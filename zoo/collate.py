@@ -92,8 +92,11 @@ def _tokenize_one(
     return prompt_ids, comp_ids, status
 
 
-def tokenize_examples(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, settings: TokenizeSettings):
-    """``datasets.map(batched=True)`` function: adds ``prompt_ids``, ``completion_ids``, ``length_status``."""
+def tokenize_examples(
+    batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, settings: TokenizeSettings, code: str = ""
+):
+    """``datasets.map(batched=True)`` function: adds ``prompt_ids``, ``completion_ids``, ``length_status``.
+    (``code`` only feeds the datasets cache fingerprint.)"""
     out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "length_status": []}
     for prompt, completions in zip(batch["prompt"], batch["completions"]):
         p, c, status = _tokenize_one(prompt, completions, tokenizer, settings)

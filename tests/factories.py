@@ -1,0 +1,65 @@
+"""Small builders the tests share: tiny modules on the shipped HH sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from datamodules.hh_rlhf import HHRLHFDataModule
+
+TINY = {"name_or_path": "builtin:tiny"}
+
+
+def hh_sample(train: int = 16, validation: int = 8, batch_size: int = 4, **kwargs: Any) -> HHRLHFDataModule:
+    return HHRLHFDataModule(
+        data_files="sample",
+        validation_fraction=0.05,
+        on_error="skip",
+        max_samples={"train": train, "validation": validation, "predict": 4},
+        batch_size=batch_size,
+        **kwargs,
+    )
+
+
+def tiny_kwargs(**overrides: Any) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(
+        backbone=dict(TINY),
+        # byte tokens: truncate to keep attention cheap on the tiny model
+        tokenize={"max_length": 384, "max_prompt_length": 256, "length_policy": "truncate", "prompt_format": "chat"},
+        optim={"lr": 1e-3},
+    )
+    kw.update(overrides)
+    return kw
+
+
+def trainer(tmp_path, max_steps: int, callbacks: list | None = None, **kwargs: Any) -> L.Trainer:
+    from callbacks.checkpoint_io import AtomicCheckpointIO
+
+    defaults = dict(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        callbacks=callbacks or [],
+        deterministic=True,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+class LossRecorder(L.Callback):
+    """Collects the training loss of every step."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
