@@ -11,7 +11,8 @@ The reference π_ref (``reference``):
 - ``live``: a reference forward each step: the adapter-disabled base when the backbone has LoRA,
   otherwise a frozen copy (or ``reference_model``).
 
-IPO uses length-averaged log-probs (as TRL does); sigmoid/cDPO use sums.
+IPO's loss uses length-averaged log-ratios (as TRL does); every loss type logs rewards on summed
+log-probs, so reward metrics are comparable across loss types.
 """
 
 from __future__ import annotations
@@ -182,10 +183,10 @@ class DPO(CausalLMModule):
             ref = torch.cat([ref[:, 0], ref[:, 1]])
         else:
             ref = self.reference_logps(batch).to(logps.dtype)
-        if self.loss_type == "ipo":
-            logps, ref = logps / counts, ref / counts
-        losses, r_c, r_r = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], self.beta, self.loss_type,
-                                    self.label_smoothing)
+        lengths = (counts[:b], counts[b:]) if self.loss_type == "ipo" else None  # IPO averages per token
+        losses, r_c, r_r = dpo_loss(
+            logps[:b], logps[b:], ref[:b], ref[b:], self.beta, self.loss_type, self.label_smoothing, lengths
+        )
         loss = losses.mean()
         stage = STAGE_PREFIX[split]
         self.log_dict(

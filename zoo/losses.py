@@ -22,28 +22,34 @@ def dpo_loss(
     beta: float = 0.1,
     loss_type: DPOLossType = "sigmoid",
     label_smoothing: float = 0.0,
+    lengths: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example DPO losses and implicit rewards.
+    """Per-example DPO losses and implicit rewards, from summed sequence log-probs.
 
     h = [log π_θ(y_c|x) − log π_ref(y_c|x)] − [log π_θ(y_r|x) − log π_ref(y_r|x)]
 
     - ``sigmoid`` (DPO, Rafailov et al. 2023, Eq. 7) with label smoothing ε (cDPO, Mitchell 2023):
       L = −(1−ε) log σ(βh) − ε log σ(−βh); ε = 0 is plain DPO.
-    - ``ipo`` (Azar et al. 2023, Eq. 17): L = (h − 1/(2β))². Pass length-averaged log-probs for the usual
-      practice (TRL does); the choice is the caller's.
+    - ``ipo`` (Azar et al. 2023, Eq. 17): L = (h − 1/(2β))². With ``lengths`` = (|y_c|, |y_r|) each
+      log-ratio in h is divided by its completion length first (the usual practice, TRL's too).
 
-    Rewards: r(x, y) = β [log π_θ(y|x) − log π_ref(y|x)] (detached). Returns (losses, r_c, r_r), each [B].
+    Rewards: r(x, y) = β [log π_θ(y|x) − log π_ref(y|x)] on summed log-probs for every loss type
+    (detached). Returns (losses, r_c, r_r), each [B].
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing}")
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
-    h = chosen_ratio - rejected_ratio
     if loss_type == "sigmoid":
+        h = chosen_ratio - rejected_ratio
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     elif loss_type == "ipo":
         if label_smoothing:
             raise ValueError("label_smoothing applies to the sigmoid loss only")
+        if lengths is not None:
+            h = chosen_ratio / lengths[0].clamp(min=1) - rejected_ratio / lengths[1].clamp(min=1)
+        else:
+            h = chosen_ratio - rejected_ratio
         losses = (h - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown DPO loss_type {loss_type!r} (expected sigmoid or ipo)")

@@ -84,9 +84,8 @@ def steerzoo_functional(setup, beta, loss_type, label_smoothing):
         ref, _ = sequence_logprobs(reference, *args)
     b = batch["idx"].shape[0]
     sums = logps.detach()
-    if loss_type == "ipo":
-        logps, ref = logps / counts, ref / counts
-    losses, r_c, r_r = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], beta, loss_type, label_smoothing)
+    lengths = (counts[:b], counts[b:]) if loss_type == "ipo" else None
+    losses, r_c, r_r = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], beta, loss_type, label_smoothing, lengths)
     return {"loss": losses.mean().item(), "rewards/chosen": r_c.mean().item(), "rewards/rejected": r_r.mean().item(),
             "logps/chosen": sums[:b].mean().item(), "logps/rejected": sums[b:].mean().item()}
 

@@ -10,11 +10,22 @@ from lightning_modules import DPO, SFT
 from tests.factories import LossRecorder, hh_sample, tiny_kwargs, trainer
 
 
-def run(tmp_path, module_cls, steps, ckpt_path=None, **module_kwargs):
+class StopAt(L.Callback):
+    """Simulates an interrupted run: the same config (max_steps=6, so the same LR schedule) stops early."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def run(tmp_path, module_cls, stop_at=None, ckpt_path=None, **module_kwargs):
     L.seed_everything(0)
     rec = LossRecorder()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1, save_top_k=-1)
-    t = trainer(tmp_path, steps, callbacks=[rec, ckpt])
+    t = trainer(tmp_path, 6, callbacks=[rec, ckpt] + ([StopAt(stop_at)] if stop_at else []))
     # 16 train examples / batch 4 = 4 batches per epoch: 6 steps cross an epoch, step 3 is mid-epoch
     t.fit(module_cls(**tiny_kwargs(optim={"lr": 1e-3, "scheduler": "linear", "warmup_steps": 2}), **module_kwargs),
           datamodule=hh_sample(train=16), ckpt_path=ckpt_path)
@@ -23,9 +34,9 @@ def run(tmp_path, module_cls, steps, ckpt_path=None, **module_kwargs):
 
 @pytest.mark.parametrize("module_cls", [DPO, SFT])
 def test_resume_continues_exactly(tmp_cwd, module_cls):
-    straight, _ = run(tmp_cwd / "a", module_cls, 6)
-    first, _ = run(tmp_cwd / "b", module_cls, 3)
-    resumed, t = run(tmp_cwd / "b", module_cls, 6, ckpt_path=str(tmp_cwd / "b" / "ckpt" / "last.ckpt"))
+    straight, _ = run(tmp_cwd / "a", module_cls)
+    first, _ = run(tmp_cwd / "b", module_cls, stop_at=3)
+    resumed, t = run(tmp_cwd / "b", module_cls, ckpt_path=str(tmp_cwd / "b" / "ckpt" / "last.ckpt"))
     assert len(straight) == 6 and len(first) == 3 and len(resumed) == 3
     assert t.global_step == 6
     torch.testing.assert_close(torch.tensor(first + resumed), torch.tensor(straight), rtol=0, atol=1e-6)
