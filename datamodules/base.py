@@ -25,9 +25,9 @@ from typing import Any, ClassVar, Literal
 import datasets
 import lightning as L
 
+import zoo.records as records_module
 from datamodules.loader import ResumableDataLoader, ResumableSampler
 from zoo.collate import PadCollator, TokenizeSettings, tokenize_examples
-import zoo.records as records_module
 from zoo.records import RECORD_TYPES, Record, RecordError
 
 log = logging.getLogger("steerzoo.data")

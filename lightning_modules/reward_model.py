@@ -48,7 +48,11 @@ class RewardModel(CausalLMModule):
         yield {"prompt": list(record.prompt), "completions": [record.chosen, record.rejected]}
 
     def build_extras(self) -> None:
-        self.value_head = ValueHead(base_model(self.model).config.hidden_size, ["reward"], self.head_dropout)
+        base = base_model(self.model)
+        self.value_head = ValueHead(base.config.hidden_size, ["reward"], self.head_dropout)
+        head, embed = base.get_output_embeddings(), base.get_input_embeddings()
+        if head.weight is not embed.weight:  # an untied LM head is unused here: keep it out of the optimizer
+            head.requires_grad_(False)
 
     def rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[C*B, k] rewards of every row of a batch."""
