@@ -225,7 +225,7 @@ class RecordDataModule(L.LightningDataModule):
             remove_columns=recs.column_names,
             num_proc=self.num_proc,
             fn_kwargs=dict(
-                example_fn=method.example_fn,
+                example_fn=method.prompt_example_fn if split == "predict" else method.example_fn,
                 kind=kind,
                 code=code_digest(type(method), records_module),
                 **method.example_kwargs(split),

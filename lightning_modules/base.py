@@ -92,6 +92,7 @@ class CausalLMModule(L.LightningModule):
         # plain values only, so checkpoints load with weights_only=True and load_from_checkpoint works
         self.save_hyperparameters(
             {
+                "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",  # LightningCLI reads it back
                 "backbone": _plain(self.backbone_cfg),
                 "tokenize": _plain(self.tokenize_settings),
                 "optim": _plain(self.optim),
@@ -107,6 +108,11 @@ class CausalLMModule(L.LightningModule):
     @staticmethod
     def example_fn(record: Record, **kwargs: Any) -> Iterable[dict[str, Any]]:
         raise NotImplementedError
+
+    @staticmethod
+    def prompt_example_fn(record: Record, **kwargs: Any) -> Iterable[dict[str, Any]]:
+        """Prompt records -> prompt-only examples, for ``predict`` (methods with a control override it)."""
+        yield {"prompt": list(record.prompt), "completions": []}
 
     def example_kwargs(self, split: str) -> dict[str, Any]:
         return {}
@@ -145,7 +151,7 @@ class CausalLMModule(L.LightningModule):
     # ---- predict ----------------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         samples = sample(self.model, self.tokenizer, prompts=None, settings=self.sampling, prompt_ids=batch["prompt_ids"])
-        prompts = [self.tokenizer.decode(p, skip_special_tokens=False) for p in batch["prompt_ids"]]
+        prompts = samples.prompts
         idx = batch["idx"].tolist()
         return [
             {

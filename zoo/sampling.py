@@ -63,14 +63,17 @@ def generation_config(s: SamplingSettings, tokenizer: PreTrainedTokenizerBase) -
 def sample(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | None,
     settings: SamplingSettings,
     prompt_ids: Sequence[Sequence[int]] | None = None,
 ) -> Samples:
-    """Generate ``settings.n`` continuations for each rendered prompt text (or pre-tokenized ``prompt_ids``)."""
+    """Generate ``settings.n`` continuations for each rendered prompt text, or for pre-tokenized
+    ``prompt_ids`` (then ``prompts`` may be None)."""
     cfg = generation_config(settings, tokenizer)
     if prompt_ids is None:
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    elif prompts is None:
+        prompts = [tokenizer.decode(p) for p in prompt_ids]
     device = next(model.parameters()).device
     texts, ids_out, truncated = [], [], []
     was_training = model.training

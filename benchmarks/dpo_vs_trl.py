@@ -1,0 +1,301 @@
+"""steerzoo's DPO training step vs TRL's DPOTrainer step: tokens/s and peak memory, on CPU, in one run.
+
+Both sides train the same SmolLM2-135M (``builtin:smollm2-135m``, full fine-tuning, fp32 weights) on the
+same HH-RLHF rows (the shipped sample, through ``HHRLHFDataModule``), tokenized once by steerzoo (chat
+template, max length 256, over-long pairs truncated), in the same order and the same batches of 4 pairs:
+
+- steerzoo: ``lightning_modules.dpo.DPO`` in its default mode (reference log-probs cached once before
+  the first step) under a real ``lightning.Trainer.fit`` (``32-true`` / ``bf16-mixed``);
+- TRL: ``trl.DPOTrainer`` with its default reference (a second model, a reference forward each step),
+  and, as a second row, with ``precompute_ref_log_probs=True``. TRL gets steerzoo's token ids (its own
+  tokenization is skipped: tokenizing is not part of a step) and ``bf16`` / ``activation_checkpointing``
+  are set explicitly (no checkpointing on either side).
+
+Each configuration runs in a fresh subprocess (this script with ``--worker``). A step is timed from the
+moment its batch is collated to the end of its optimizer step (Lightning's ``on_train_batch_start`` /
+``_end``, TRL's ``on_step_begin`` / ``_end``), after ``--warmup`` untimed steps. Tokens are the non-pad
+tokens of every chosen and rejected sequence of the timed batches, counted on each side from the batch
+it really processed. Peak memory is the peak resident set size (``VmHWM``, reset through
+``/proc/self/clear_refs``) minus the resident size right after the policy was loaded and made resident.
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/dpo_vs_trl.py [--steps 6] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+MODEL, BATCH, MAX_LENGTH, THREADS = "builtin:smollm2-135m", 4, 256, 2
+SIDES = ("steerzoo", "trl", "trl_precompute")
+PRECISIONS = {"fp32": ("32-true", False), "bf16-mixed": ("bf16-mixed", True)}  # Lightning precision, TRL bf16
+TARGET_SPEED, TARGET_MEMORY = 1.5, 0.7
+WORK = Path(tempfile.gettempdir()) / "steerzoo_dpo_vs_trl"
+
+
+# ---- measuring ------------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_baseline() -> int:
+    """Reset the peak-RSS counter to the current RSS and return it (KiB)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kib("VmRSS")
+
+
+class Steps:
+    """Per-step wall times and token counts, the first ``warmup`` steps left out."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.seen, self.times, self.tokens, self.first_loss = warmup, 0, [], [], None
+        self._t0 = 0.0
+
+    def begin(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def end(self, tokens: int, loss: float) -> None:
+        dt = time.perf_counter() - self._t0
+        if self.first_loss is None:
+            self.first_loss = loss
+        if self.seen >= self.warmup:
+            self.times.append(dt)
+            self.tokens.append(tokens)
+        self.seen += 1
+
+
+def load_policy() -> Any:
+    """steerzoo's own loader (fp32, sdpa); the weights are copied out of the safetensors mmap so that they
+    are resident before the baseline (otherwise the first forward would page them in and count them)."""
+    import torch
+
+    from zoo.backbone import BackboneConfig, load_base_model
+
+    model = load_base_model(BackboneConfig(name_or_path=MODEL))
+    with torch.no_grad():
+        for p in model.parameters():  # tied embeddings stay tied: the Parameter object is kept
+            p.data = p.data.clone()
+    return model
+
+
+def build_data(n_rows: int) -> tuple[Any, Any, list[int]]:
+    """(DPO module, HH datamodule set up for fit, epoch-0 row order of the train loader)."""
+    from datamodules.hh_rlhf import HHRLHFDataModule
+    from datamodules.loader import ResumableSampler
+    from lightning_modules.dpo import DPO
+
+    module = DPO(backbone={"name_or_path": MODEL}, tokenize={"max_length": MAX_LENGTH, "length_policy": "truncate"},
+                 ref_cache_dir=None)  # no disk cache: the reference pass is timed every run
+    dm = HHRLHFDataModule(data_files="sample", validation_fraction=0.05, on_error="skip", batch_size=BATCH,
+                          max_samples={"train": n_rows, "validation": BATCH}, log_dir=str(WORK / "data_reports"))
+    dm.attach(module)
+    dm.setup("fit")
+    order = list(ResumableSampler(len(dm.datasets["train"]), shuffle=True, seed=dm.seed))
+    return module, dm, order
+
+
+# ---- the two sides ----------------------------------------------------------------------------------------
+def run_steerzoo(precision: str, warmup: int, steps: int) -> dict[str, Any]:
+    import lightning as L
+
+    module, dm, _ = build_data((warmup + steps) * BATCH)
+    module.model = load_policy()  # configure_model then keeps it
+    timer, cache = Steps(warmup), {}
+    ensure = module.ensure_reference_cache
+
+    def timed_ensure(split: str) -> None:
+        t0 = time.perf_counter()
+        ensure(split)
+        cache[split] = time.perf_counter() - t0
+
+    module.ensure_reference_cache = timed_ensure
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            timer.begin()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            timer.end(int(batch["attention_mask"].sum()), float(outputs["loss"]))
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=PRECISIONS[precision][0], max_steps=warmup + steps,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        use_distributed_sampler=False, callbacks=[Timer()], default_root_dir=str(WORK))
+    base = memory_baseline()
+    trainer.fit(module, datamodule=dm)
+    return {"timer": timer, "peak_kib": _status_kib("VmHWM") - base, "ref_pass_s": cache.get("train"),
+            "rows": len(dm.datasets["train"]), "gradient_checkpointing": module.model.is_gradient_checkpointing}
+
+
+def run_trl(precision: str, warmup: int, steps: int, precompute: bool) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+    from transformers import TrainerCallback
+
+    module, dm, order = build_data((warmup + steps) * BATCH)
+    ds = dm.datasets["train"]
+    rows = [ds[i] for i in order]  # the Lightning loader's order; TRL samples sequentially
+    train = Dataset.from_dict({"prompt_ids": [r["prompt_ids"] for r in rows],
+                               "chosen_ids": [r["completion_ids"][0] for r in rows],
+                               "rejected_ids": [r["completion_ids"][1] for r in rows]})
+    timer, info = Steps(warmup), {}
+
+    class IdsDPOTrainer(DPOTrainer):
+        """DPOTrainer on steerzoo's token ids; records each step's batch tokens and the precompute time."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            t0 = time.perf_counter()
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            info["ref_pass_s"] = time.perf_counter() - t0
+            return out
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            info["tokens"] = int(inputs["attention_mask"].sum())
+            loss = super().training_step(model, inputs, *args, **kwargs)
+            info["loss"] = float(loss)
+            return loss
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            timer.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            timer.end(info["tokens"], info["loss"])
+
+    config = DPOConfig(output_dir=str(WORK / "trl"), report_to=[], use_cpu=True, bf16=PRECISIONS[precision][1],
+                       activation_checkpointing=False, per_device_train_batch_size=BATCH, max_length=MAX_LENGTH,
+                       precompute_ref_log_probs=precompute, max_steps=warmup + steps,
+                       train_sampling_strategy="sequential", save_strategy="no", logging_strategy="no",
+                       disable_tqdm=True, dataloader_num_workers=0)
+    policy = load_policy()
+    base = memory_baseline()
+    trainer = IdsDPOTrainer(model=policy, args=config, train_dataset=train, processing_class=module.tokenizer,
+                            callbacks=[Timer()])
+    trainer.train()
+    return {"timer": timer, "peak_kib": _status_kib("VmHWM") - base, "ref_pass_s": info.get("ref_pass_s"),
+            "rows": len(train), "gradient_checkpointing": trainer.model.is_gradient_checkpointing,
+            "ref_model": trainer.ref_model is not None}
+
+
+def worker(side: str, precision: str, warmup: int, steps: int, result: str) -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    if side == "steerzoo":
+        r = run_steerzoo(precision, warmup, steps)
+    else:
+        r = run_trl(precision, warmup, steps, precompute=side == "trl_precompute")
+    t: Steps = r.pop("timer")
+    seconds, tokens = sum(t.times), sum(t.tokens)
+    out = {"side": side, "precision": precision, "step_s": t.times, "step_tokens": t.tokens, "tokens": tokens,
+           "seconds": seconds, "tok_s": tokens / seconds, "peak_mib": r.pop("peak_kib") / 1024,
+           "first_loss": t.first_loss, **r}
+    if out["ref_pass_s"] is not None:  # the one-off reference pass, pro-rated to the timed rows (one epoch)
+        timed_rows = steps * BATCH
+        out["tok_s_amortised"] = tokens / (seconds + out["ref_pass_s"] * timed_rows / out["rows"])
+    Path(result).write_text(json.dumps(out))
+
+
+# ---- driver --------------------------------------------------------------------------------------------------
+def run_config(side: str, precision: str, warmup: int, steps: int) -> dict[str, Any]:
+    WORK.mkdir(parents=True, exist_ok=True)
+    result, log = WORK / f"{side}-{precision}.json", WORK / f"{side}-{precision}.log"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--worker", side, "--precision", precision, "--warmup", str(warmup),
+           "--steps", str(steps), "--result", str(result)]
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
+    if proc.returncode != 0 or not result.exists():
+        sys.exit(f"{side} {precision} failed (exit {proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
+    r = json.loads(result.read_text())
+    print(f"  {side:15s} {precision:10s} {r['tok_s']:8.1f} tok/s  peak +{r['peak_mib']:7.1f} MiB  "
+          f"({r['tokens']} tokens in {r['seconds']:.1f} s, process {time.perf_counter() - t0:.0f} s)", flush=True)
+    return r
+
+
+def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace) -> dict[str, Any]:
+    peers = [s for s in SIDES[1:] if s in next(iter(results.values()))]
+    print(f"\nDPO training step, SmolLM2-135M full fine-tuning, batch {BATCH} pairs, max length {MAX_LENGTH}, "
+          f"CPU {THREADS} threads, {args.warmup} warm-up + {args.steps} timed steps")
+    header = (f"{'config':34s} {'steerzoo tok/s':>14s} {'TRL tok/s':>10s} {'ratio':>6s} "
+              f"{'steerzoo MiB':>12s} {'TRL MiB':>8s} {'ratio':>6s}")
+    print(header + "\n" + "-" * len(header))
+    rows, checks = [], []
+    for precision, r in results.items():
+        z = r["steerzoo"]
+        for peer in peers:
+            t = r[peer]
+            speed, mem = z["tok_s"] / t["tok_s"], z["peak_mib"] / t["peak_mib"]
+            name = f"{precision} vs {'DPOTrainer' if peer == 'trl' else 'DPOTrainer+precompute'}"
+            print(f"{name:34s} {z['tok_s']:14.1f} {t['tok_s']:10.1f} {speed:5.2f}x "
+                  f"{z['peak_mib']:12.1f} {t['peak_mib']:8.1f} {mem:5.2f}x")
+            rows.append({"config": name, "precision": precision, "peer": peer, "speed_ratio": speed,
+                         "memory_ratio": mem})
+            if peer == "trl":
+                checks.append((f"{precision}: steerzoo tok/s >= {TARGET_SPEED}x TRL", speed >= TARGET_SPEED, speed))
+                checks.append((f"{precision}: steerzoo peak <= {TARGET_MEMORY}x TRL", mem <= TARGET_MEMORY, mem))
+    print()
+    for precision, r in results.items():
+        counts = ", ".join(f"{s} {r[s]['tokens']}" for s in r)
+        same = len({r[s]["tokens"] for s in r}) == 1
+        print(f"{precision}: timed tokens {counts} ({'equal' if same else 'DIFFERENT'}); "
+              f"first-step loss " + ", ".join(f"{s} {r[s]['first_loss']:.4f}" for s in r))
+        for s in ("steerzoo", "trl_precompute"):
+            if s in r and r[s]["ref_pass_s"] is not None:
+                print(f"  {s}: reference pass over {r[s]['rows']} rows {r[s]['ref_pass_s']:.1f} s (one-off); "
+                      f"tok/s with it amortised over one epoch {r[s]['tok_s_amortised']:.1f}")
+    print()
+    for name, ok, value in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name} (measured {value:.2f}x)")
+    return {"rows": rows, "checks": [{"target": n, "pass": ok, "value": v} for n, ok, v in checks]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--precision", choices=list(PRECISIONS), action="append", help="default: both")
+    p.add_argument("--no-precompute", action="store_true", help="skip the TRL precompute_ref_log_probs row")
+    p.add_argument("--json", help="write every measurement here")
+    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args.worker, args.precision[0], args.warmup, args.steps, args.result)
+    import torch, transformers, trl  # noqa: E401  (versions for the record)
+
+    sides = SIDES[:2] if args.no_precompute else SIDES
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    t0 = time.perf_counter()
+    for precision in args.precision or list(PRECISIONS):
+        results[precision] = {s: run_config(s, precision, args.warmup, args.steps) for s in sides}
+    summary = report(results, args)
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"versions": versions, "warmup": args.warmup, "steps": args.steps,
+                                               "results": results, **summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

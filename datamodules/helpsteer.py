@@ -1,0 +1,185 @@
+"""NVIDIA HelpSteer (``nvidia/HelpSteer``) and HelpSteer2 (``nvidia/HelpSteer2``): scored responses.
+
+Hub rows: ``prompt``, ``response``, and five integer ratings on 0-4: ``helpfulness``, ``correctness``,
+``coherence``, ``complexity``, ``verbosity``. Splits: HelpSteer train 35,331 / validation 1,789;
+HelpSteer2 train 20,324 / validation 1,038 (test/predict map to validation). A prompt has several rated
+responses (one row each).
+
+Record kinds: ``scored`` (one ScoredResponse per row, each attribute on its declared scale (0, 4);
+``attributes`` keeps a subset, e.g. only verbosity) and ``prompt`` (deduplicated by default, since prompts
+repeat). Every row must carry all five ratings as integers in 0-4, whichever attributes are kept, so a
+broken row is caught however the module is configured.
+
+Multi-turn prompts (HelpSteer2) join turns with NeMo's markers: ``turn 1\\n<extra_id_1>Assistant\\nreply
+1\\n<extra_id_1>User\\nturn 2``. They are split back into user/assistant messages; the first turn is the
+user's, and a marker must be followed by ``User`` or ``Assistant``.
+
+Shipped sample (``data_files="sample"``): the two example rows printed on the HelpSteer and HelpSteer2
+dataset cards (real) plus five hand-written rows in the hub schema (one multi-turn), as train; see
+``datamodules/samples/PROVENANCE.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import datasets
+
+from datamodules.base import RecordDataModule
+from zoo.records import PromptRecord, Record, RecordError, ScoredResponse
+
+HUB_IDS = {"helpsteer": "nvidia/HelpSteer", "helpsteer2": "nvidia/HelpSteer2"}
+HUB_SPLITS = {"train": "train", "validation": "validation", "test": "validation", "predict": "validation"}
+ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+SCALE = (0.0, 4.0)
+SAMPLES = Path(__file__).parent / "samples" / "helpsteer"
+SAMPLE_FILES = {"train": [str(SAMPLES / "card_examples.jsonl"), str(SAMPLES / "train.handwritten.jsonl")]}
+_MARKER = re.compile(r"<extra_id_1>")
+_SPEAKER = re.compile(r"\s*(User|Assistant)\s*\n?")
+
+
+def _text(value: Any, field: str) -> str:
+    if value is None:
+        raise RecordError("missing", field=field)
+    if not isinstance(value, str):
+        raise RecordError(f"expected a string, got {type(value).__name__}", field=field)
+    if not value.strip():
+        raise RecordError("is empty", field=field)
+    return value
+
+
+def parse_prompt(text: str) -> list[dict[str, str]]:
+    """A HelpSteer2 prompt -> messages; a prompt without ``<extra_id_1>`` is a single user turn."""
+    parts = _MARKER.split(text)
+    messages = [{"role": "user", "content": parts[0].strip()}]
+    for i, part in enumerate(parts[1:], start=1):
+        speaker = _SPEAKER.match(part)
+        if speaker is None:
+            raise RecordError(f"turn {i} after <extra_id_1> names no 'User' or 'Assistant'", field="prompt")
+        role = "user" if speaker.group(1) == "User" else "assistant"
+        if role == messages[-1]["role"]:
+            raise RecordError(f"turn {i} repeats the {role} role", field="prompt")
+        messages.append({"role": role, "content": part[speaker.end() :].strip()})
+    for i, m in enumerate(messages):
+        if not m["content"]:
+            raise RecordError(f"turn {i} ({m['role']}) is empty", field="prompt")
+    if messages[-1]["role"] != "user":
+        raise RecordError("the last turn is the assistant's, not the user's", field="prompt")
+    return messages
+
+
+class HelpSteerDataModule(RecordDataModule):
+    """HelpSteer / HelpSteer2 ``scored`` responses (five 0-4 attributes) and ``prompt`` records.
+
+    Args:
+        version: ``helpsteer`` (``nvidia/HelpSteer``, used by CMPO and DPA) or ``helpsteer2``.
+        data_files: local JSON/JSONL(.gz) files per split in the hub schema; overrides the hub. ``"sample"``
+            uses the shipped rows.
+        attributes: the ratings to keep as scores (default: all five).
+        dedup: drop repeated ``prompt`` records (several responses share a prompt).
+        revision: hub revision.
+        (see ``RecordDataModule`` for the shared arguments)
+    """
+
+    record_kinds: ClassVar[tuple[str, ...]] = ("scored", "prompt")
+
+    def __init__(
+        self,
+        version: Literal["helpsteer", "helpsteer2"] = "helpsteer",
+        data_files: dict[str, list[str] | str] | str | None = None,
+        attributes: list[str] | None = None,
+        dedup: bool = True,
+        revision: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if version not in HUB_IDS:
+            raise ValueError(f"data.version: unknown HelpSteer version {version!r}; known: {tuple(HUB_IDS)}")
+        unknown = sorted(set(attributes or ()) - set(ATTRIBUTES))
+        if unknown or attributes == []:
+            raise ValueError(f"data.attributes: {unknown or 'empty'}; choose from {ATTRIBUTES}")
+        if data_files == "sample":
+            data_files = SAMPLE_FILES
+        elif isinstance(data_files, str):
+            data_files = {"train": [data_files]}
+        self.data_files = _checked_files(data_files)
+        self.version, self.dedup, self.revision = version, dedup, revision
+        self.attributes = list(attributes) if attributes else list(ATTRIBUTES)
+
+    # --- raw rows ---------------------------------------------------------------------------------
+    def _has(self, split: str) -> bool:
+        return split in (self.data_files if self.data_files is not None else HUB_SPLITS)
+
+    def _held_out(self) -> bool:
+        return self.validation_fraction > 0 and not self._has("validation")
+
+    def _load(self, split: str) -> datasets.Dataset:
+        if self.data_files is not None:
+            return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
+        return datasets.load_dataset(HUB_IDS[self.version], split=HUB_SPLITS[split], revision=self.revision)
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        if split == "train" and self._held_out():
+            return self.split_off_validation(self._load("train"))[0]
+        if self._has(split):
+            return self._load(split)
+        if self._held_out():
+            return self.split_off_validation(self._load("train"))[1]
+        raise ValueError(f"HelpSteer: no {split!r} split; give data.data_files.{split} or validation_fraction")
+
+    def source_name(self, split: str) -> str:
+        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
+        part = split if own else "train"
+        tail = "" if own or split == "train" else f" (held-out {split} part)"
+        if self.data_files is not None:
+            return ",".join(self.data_files.get(part, [])) + tail
+        return f"{HUB_IDS[self.version]}/{HUB_SPLITS.get(part, part)}{tail}"
+
+    def record_options(self) -> dict[str, Any]:
+        return {"attributes": self.attributes}
+
+    # --- rows -> records -------------------------------------------------------------------------
+    @staticmethod
+    def to_records(row: dict[str, Any], kind: str, attributes: tuple[str, ...] | list[str] = ATTRIBUTES) -> list[Record]:
+        prompt = parse_prompt(_text(row.get("prompt"), "prompt"))
+        if kind == "prompt":
+            return [PromptRecord(prompt=prompt)]
+        response = _text(row.get("response"), "response")
+        ratings = {}
+        for name in ATTRIBUTES:
+            value = row.get(name)
+            if value is None:
+                raise RecordError("missing rating", field=name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RecordError(f"expected an integer rating 0-4, got {value!r}", field=name)
+            if not SCALE[0] <= value <= SCALE[1]:
+                raise RecordError(f"rating {value} outside the declared scale 0-4", field=name)
+            ratings[name] = value
+        scores = {a: ratings[a] for a in attributes}
+        return [ScoredResponse(prompt=prompt, response=response, scores=scores, scales={a: SCALE for a in attributes})]
+
+    def records(self, split: str, kind: str) -> datasets.Dataset:
+        recs = super().records(split, kind)
+        if not (self.dedup and kind == "prompt"):
+            return recs
+        seen: set[str] = set()
+        keep = [i for i, k in enumerate(map(repr, recs["prompt"])) if not (k in seen or seen.add(k))]
+        if len(keep) < len(recs):
+            self._report(split, "deduplicated", [f"{len(recs) - len(keep)} repeated prompts removed"])
+            recs = recs.select(keep)
+        return recs
+
+
+def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
+    """``{split: [files]}`` with every file present."""
+    if data_files is None:
+        return None
+    out = {}
+    for split, files in data_files.items():
+        out[split] = [files] if isinstance(files, str) else list(files)
+        for f in out[split]:
+            if not Path(f).exists():
+                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
+    return out

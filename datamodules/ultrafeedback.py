@@ -1,0 +1,308 @@
+"""UltraFeedback: raw GPT-4 ratings (``openbmb/UltraFeedback``) and the Zephyr binarized pairs
+(``HuggingFaceH4/ultrafeedback_binarized``) -> scored responses, preference pairs, prompts.
+
+**Raw** (``source="raw"``; hub: train only, 63,967 rows). Row: ``source``, ``instruction``, ``models``,
+``completions`` (four), each ``{model, principle, custom_system_prompt, response, annotations,
+fine-grained_score, overall_score, critique}``; ``annotations`` has ``instruction_following``, ``honesty``,
+``truthfulness``, ``helpfulness``, each with a ``Rating`` string ``"1"``-``"5"`` (``"N/A"`` allowed, and
+left out). Yields ``scored``: one record per completion with the four aspect ratings on (1, 5) and
+``overall_score`` (the critique's score) on (1, 10) when present (``fine-grained_score`` is the mean of the
+four and is not repeated); ``preference``: for each attribute in ``pair_attributes`` (default
+``overall_score``) the best-rated completion over the worst (the first on ties; none when all tie), with
+``attribute`` set; ``prompt``. The prompt is the instruction alone: ``custom_system_prompt`` steered the
+generating model and is not part of the task.
+
+**Binarized** (``source="binarized"``, the default; hub splits ``train_prefs`` 61,135 / ``test_prefs``
+2,000 -> train / validation, test and predict -> ``test_prefs``): the Zephyr prompt split, which DPA uses.
+Hub (H4) row: ``prompt``, ``prompt_id``, ``chosen`` and ``rejected`` (``[{"role": "user", …},
+{"role": "assistant", …}]``), ``messages``, ``score_chosen``, ``score_rejected`` (overall scores, 1-10).
+Yields ``preference``, ``scored`` (both responses with ``overall_score`` on (1, 10)), ``prompt``.
+
+A second, documented local schema is accepted for the binarized data, recognised by its columns: the
+**trl-lib form** of the shipped sample: ``prompt``, ``chosen``, ``rejected`` as plain strings,
+``source_index``, ``metadata{score_chosen, score_rejected}``.
+
+``zephyr_split`` (raw only) keeps the raw rows whose instruction is a prompt of the matching binarized
+split (train_prefs for train, test_prefs otherwise), read from the hub or from ``zephyr_files``: the raw
+ratings on Zephyr's prompt split.
+
+Shipped samples (``data_files="sample"``): binarized, the first 320 real rows of ``train_prefs`` in the
+trl-lib form (three are malformed: identical or empty texts); raw, two hand-written rows in the hub schema.
+The README's real raw example (one completion) and hand-written H4 rows are shipped too. See
+``datamodules/samples/PROVENANCE.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import datasets
+
+from datamodules.base import ROW, RecordDataModule
+from zoo.records import PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
+
+RAW_ID = "openbmb/UltraFeedback"
+BINARIZED_ID = "HuggingFaceH4/ultrafeedback_binarized"
+HUB_SPLITS = {
+    "raw": {"train": "train"},
+    "binarized": {"train": "train_prefs", "validation": "test_prefs", "test": "test_prefs", "predict": "test_prefs"},
+}
+SAMPLES = Path(__file__).parent / "samples"
+SAMPLE_FILES = {
+    "binarized": {"train": [str(SAMPLES / "ultrafeedback_binarized" / "train_prefs.trl-lib-form.first320.jsonl.gz")]},
+    "raw": {"train": [str(SAMPLES / "ultrafeedback" / "raw.handwritten.jsonl")]},
+}
+H4_SAMPLE = SAMPLES / "ultrafeedback_binarized" / "h4-form.handwritten.jsonl"
+README_EXAMPLE = SAMPLES / "ultrafeedback" / "readme_example.jsonl"
+ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
+ASPECT_SCALE = (1.0, 5.0)
+OVERALL = "overall_score"
+OVERALL_SCALE = (1.0, 10.0)
+
+
+def _text(value: Any, field: str) -> str:
+    if value is None:
+        raise RecordError("missing", field=field)
+    if not isinstance(value, str):
+        raise RecordError(f"expected a string, got {type(value).__name__}", field=field)
+    if not value.strip():
+        raise RecordError("is empty", field=field)
+    return value
+
+
+def _number(value: Any, scale: tuple[float, float], field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(f"expected a number, got {value!r}", field=field)
+    if not scale[0] <= value <= scale[1]:
+        raise RecordError(f"score {value} outside the declared scale [{scale[0]:g}, {scale[1]:g}]", field=field)
+    return float(value)
+
+
+def row_form(row: Mapping[str, Any]) -> str:
+    if "completions" in row:
+        return "raw"
+    if "chosen" in row and "rejected" in row:
+        return "h4" if "score_chosen" in row else "trl"
+    raise RecordError(
+        f"unknown UltraFeedback schema with columns {sorted(row)}: expected completions (raw) or chosen+rejected",
+        field="columns",
+    )
+
+
+def prompt_text(value: Any, field: str = "prompt") -> str:
+    """The prompt of a binarized row as text (a conversation's last user turn)."""
+    if isinstance(value, list) and value and isinstance(value[-1], Mapping):
+        value = value[-1].get("content")
+    return _text(value, field)
+
+
+class UltraFeedbackDataModule(RecordDataModule):
+    """UltraFeedback ``scored`` responses, ``preference`` pairs and ``prompt`` records (raw or binarized).
+
+    Args:
+        source: ``binarized`` (``HuggingFaceH4/ultrafeedback_binarized``, Zephyr's split) or ``raw``
+            (``openbmb/UltraFeedback``).
+        data_files: local JSON/JSONL(.gz) files per split (raw, H4 or trl-lib schema); overrides the hub.
+            ``"sample"`` uses the shipped sample of ``source``.
+        pair_attributes: raw only: the scores that make pairs (``overall_score`` and/or the four aspects).
+        zephyr_split: raw only: keep the rows whose instruction is in the binarized split's prompts.
+        zephyr_files: local binarized files per split for ``zephyr_split`` (default: the hub).
+        revision: hub revision.
+        (see ``RecordDataModule`` for the shared arguments)
+    """
+
+    record_kinds: ClassVar[tuple[str, ...]] = ("preference", "scored", "prompt")
+
+    def __init__(
+        self,
+        source: Literal["binarized", "raw"] = "binarized",
+        data_files: dict[str, list[str] | str] | str | None = None,
+        pair_attributes: list[str] | None = None,
+        zephyr_split: bool = False,
+        zephyr_files: dict[str, list[str] | str] | None = None,
+        revision: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if source not in HUB_SPLITS:
+            raise ValueError(f"data.source must be 'binarized' or 'raw', got {source!r}")
+        pair_attributes = list(pair_attributes) if pair_attributes is not None else [OVERALL]
+        if not pair_attributes or set(pair_attributes) - {OVERALL, *ASPECTS}:
+            raise ValueError(f"data.pair_attributes: {pair_attributes}; choose from {(OVERALL, *ASPECTS)}")
+        if zephyr_split and source != "raw":
+            raise ValueError("data.zephyr_split filters raw rows; the binarized source already is Zephyr's split")
+        if data_files == "sample":
+            data_files = SAMPLE_FILES[source]
+        elif isinstance(data_files, str):
+            data_files = {"train": [data_files]}
+        self.data_files = _checked_files(data_files)
+        self.zephyr_files = _checked_files(zephyr_files)
+        self.source, self.pair_attributes, self.zephyr_split, self.revision = source, pair_attributes, zephyr_split, revision
+
+    # --- raw rows ---------------------------------------------------------------------------------
+    def _has(self, split: str) -> bool:
+        if self.zephyr_split:  # every split is a prompt-filtered view of the raw train rows
+            return split in (self.zephyr_files if self.zephyr_files is not None else HUB_SPLITS["binarized"])
+        return split in (self.data_files if self.data_files is not None else HUB_SPLITS[self.source])
+
+    def _held_out(self) -> bool:
+        return self.validation_fraction > 0 and not self._has("validation")
+
+    def _load_source(self, split: str) -> datasets.Dataset:
+        if self.data_files is not None:
+            return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
+        hub_id = RAW_ID if self.source == "raw" else BINARIZED_ID
+        return datasets.load_dataset(hub_id, split=HUB_SPLITS[self.source][split], revision=self.revision)
+
+    def _load(self, split: str) -> datasets.Dataset:
+        if not self.zephyr_split:
+            return self._load_source(split)
+        if self.zephyr_files is not None:
+            binarized = datasets.load_dataset("json", data_files=self.zephyr_files[split], split="train")
+        else:
+            binarized = datasets.load_dataset(BINARIZED_ID, split=HUB_SPLITS["binarized"][split], revision=self.revision)
+        prompts = {prompt_text(p) for p in binarized["prompt"]}
+        raw = self._load_source("train")
+        if ROW not in raw.column_names:  # keep each raw row's line for error messages
+            raw = raw.add_column(ROW, list(range(len(raw))))
+        return raw.filter(lambda text: text in prompts, input_columns="instruction", desc=f"Zephyr {split} prompts")
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        if split == "train" and self._held_out():
+            return self.split_off_validation(self._load("train"))[0]
+        if self._has(split):
+            return self._load(split)
+        if self._held_out():
+            return self.split_off_validation(self._load("train"))[1]
+        raise ValueError(f"UltraFeedback ({self.source}): no {split!r} split; give data.data_files.{split} or validation_fraction")
+
+    def source_name(self, split: str) -> str:
+        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
+        part = "train" if self.zephyr_split or not own else split
+        tail = "" if own or split == "train" else f" (held-out {split} part)"
+        tail += f" (Zephyr {split} prompts)" if self.zephyr_split else ""
+        if self.data_files is not None:
+            return ",".join(self.data_files.get(part, [])) + tail
+        hub_id = RAW_ID if self.source == "raw" else BINARIZED_ID
+        return f"{hub_id}/{HUB_SPLITS[self.source].get(part, part)}{tail}"
+
+    def record_options(self) -> dict[str, Any]:
+        return {"pair_attributes": self.pair_attributes}
+
+    # --- rows -> records -------------------------------------------------------------------------
+    @staticmethod
+    def to_records(row: dict[str, Any], kind: str, pair_attributes: tuple[str, ...] | list[str] = (OVERALL,)) -> list[Record]:
+        form = row_form(row)
+        if form == "raw":
+            return _raw_records(row, kind, pair_attributes)
+        prompt = prompt_text(row.get("prompt"))
+        source_id = row.get("prompt_id") if form == "h4" else row.get("source_index")
+        source_id = None if source_id is None else str(source_id)
+        if kind == "prompt":
+            return [PromptRecord(prompt=prompt, source_id=source_id)]
+        chosen, rejected = (_reply(row.get(name), name, prompt) for name in ("chosen", "rejected"))
+        if chosen == rejected:
+            raise RecordError("chosen and rejected responses are identical", field="rejected")
+        if kind == "preference":
+            return [PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source_id=source_id)]
+        scores = row if form == "h4" else row.get("metadata")
+        where = "" if form == "h4" else "metadata."
+        if not isinstance(scores, Mapping):
+            raise RecordError("expected a mapping {score_chosen, score_rejected}", field="metadata")
+        return [
+            ScoredResponse(
+                prompt=prompt,
+                response=response,
+                scores={OVERALL: _number(scores.get(f"score_{name}"), OVERALL_SCALE, f"{where}score_{name}")},
+                scales={OVERALL: OVERALL_SCALE},
+                source_id=source_id,
+            )
+            for name, response in (("chosen", chosen), ("rejected", rejected))
+        ]
+
+
+def _reply(value: Any, field: str, prompt: str) -> str:
+    """The assistant reply of a binarized ``chosen``/``rejected``: a string, or a conversation ending in it."""
+    if isinstance(value, list):
+        if not value or not isinstance(value[-1], Mapping) or value[-1].get("role") != "assistant":
+            raise RecordError("expected a conversation ending in an assistant message", field=field)
+        users = [m.get("content") for m in value[:-1] if isinstance(m, Mapping) and m.get("role") == "user"]
+        if users and users[-1] != prompt:
+            raise RecordError("its user turn differs from the row's prompt", field=field)
+        return _text(value[-1].get("content"), f"{field}[-1].content")
+    return _text(value, field)
+
+
+def _raw_records(row: dict[str, Any], kind: str, pair_attributes: tuple[str, ...] | list[str]) -> list[Record]:
+    prompt = _text(row.get("instruction"), "instruction")
+    if kind == "prompt":
+        return [PromptRecord(prompt=prompt)]
+    completions = row.get("completions")
+    if not isinstance(completions, list) or not completions:
+        raise RecordError("expected a non-empty list of completions", field="completions")
+    rated: list[tuple[str, dict[str, float]]] = []
+    for i, c in enumerate(completions):
+        where = f"completions[{i}]"
+        if not isinstance(c, Mapping):
+            raise RecordError("expected a mapping {model, response, annotations, ...}", field=where)
+        response = _text(c.get("response"), f"{where}.response")
+        annotations = c.get("annotations")
+        if not isinstance(annotations, Mapping):
+            raise RecordError("expected a mapping aspect -> {Rating, Rationale}", field=f"{where}.annotations")
+        scores: dict[str, float] = {}
+        for aspect in ASPECTS:
+            note = annotations.get(aspect)
+            rating = note.get("Rating") if isinstance(note, Mapping) else None
+            field = f"{where}.annotations.{aspect}.Rating"
+            if rating is None:
+                raise RecordError("missing", field=field)
+            if rating == "N/A":  # the annotator found the aspect not applicable
+                continue
+            if isinstance(rating, str) and rating.strip().isdigit():
+                rating = int(rating)
+            scores[aspect] = _number(rating, ASPECT_SCALE, field)
+        if c.get(OVERALL) is not None:
+            scores[OVERALL] = _number(c.get(OVERALL), OVERALL_SCALE, f"{where}.{OVERALL}")
+        rated.append((response, scores))
+    if kind == "scored":
+        return [
+            ScoredResponse(
+                prompt=prompt,
+                response=response,
+                scores=scores,
+                scales={a: OVERALL_SCALE if a == OVERALL else ASPECT_SCALE for a in scores},
+            )
+            for response, scores in rated
+            if scores
+        ]
+    pairs: list[Record] = []
+    for attribute in pair_attributes:
+        candidates = [(s[attribute], i, response) for i, (response, s) in enumerate(rated) if attribute in s]
+        if len(candidates) < 2:
+            continue
+        best = max(candidates, key=lambda c: (c[0], -c[1]))  # the first of the best on ties
+        worst = min(candidates, key=lambda c: (c[0], c[1]))
+        if best[0] == worst[0]:
+            continue
+        if best[2] == worst[2]:
+            raise RecordError(
+                f"completions {best[1]} and {worst[1]} have the same text but different {attribute}",
+                field=f"completions[{worst[1]}].response",
+            )
+        pairs.append(PreferencePair(prompt=prompt, chosen=best[2], rejected=worst[2], attribute=attribute))
+    return pairs
+
+
+def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
+    """``{split: [files]}`` with every file present."""
+    if data_files is None:
+        return None
+    out = {}
+    for split, files in data_files.items():
+        out[split] = [files] if isinstance(files, str) else list(files)
+        for f in out[split]:
+            if not Path(f).exists():
+                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
+    return out
