@@ -59,22 +59,33 @@ def memory_baseline() -> int:
     return _status_kib("VmRSS")
 
 
+def cpu_snapshot() -> tuple[float, float, float, float]:
+    """(wall s, machine busy CPU-s incl. steal, machine total CPU-s, this process's CPU-s)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return time.perf_counter(), (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz, time.process_time()
+
+
 class Steps:
-    """Per-step wall times and token counts, the first ``warmup`` steps left out."""
+    """Per-step wall time, own CPU time, other processes' share of the machine, and tokens;
+    the first ``warmup`` steps left out. (Other processes on the same cores slow the step down.)"""
 
     def __init__(self, warmup: int):
-        self.warmup, self.seen, self.times, self.tokens, self.first_loss = warmup, 0, [], [], None
-        self._t0 = 0.0
+        self.warmup, self.seen, self.first_loss = warmup, 0, None
+        self.times, self.cpu, self.others, self.tokens = [], [], [], []
+        self._t0 = cpu_snapshot()
 
     def begin(self) -> None:
-        self._t0 = time.perf_counter()
+        self._t0 = cpu_snapshot()
 
     def end(self, tokens: int, loss: float) -> None:
-        dt = time.perf_counter() - self._t0
+        (w0, b0, a0, p0), (w1, b1, a1, p1) = self._t0, cpu_snapshot()
         if self.first_loss is None:
             self.first_loss = loss
         if self.seen >= self.warmup:
-            self.times.append(dt)
+            self.times.append(w1 - w0)
+            self.cpu.append(p1 - p0)
+            self.others.append(max(0.0, (b1 - b0) - (p1 - p0)) / max(a1 - a0, 1e-9))
             self.tokens.append(tokens)
         self.seen += 1
 
@@ -119,6 +130,8 @@ def run_steerzoo(precision: str, warmup: int, steps: int) -> dict[str, Any]:
     ensure = module.ensure_reference_cache
 
     def timed_ensure(split: str) -> None:
+        if split != "train":  # validation never runs here (limit_val_batches=0): skip its reference pass
+            return
         t0 = time.perf_counter()
         ensure(split)
         cache[split] = time.perf_counter() - t0
@@ -206,7 +219,8 @@ def worker(side: str, precision: str, warmup: int, steps: int, result: str) -> N
         r = run_trl(precision, warmup, steps, precompute=side == "trl_precompute")
     t: Steps = r.pop("timer")
     seconds, tokens = sum(t.times), sum(t.tokens)
-    out = {"side": side, "precision": precision, "step_s": t.times, "step_tokens": t.tokens, "tokens": tokens,
+    out = {"side": side, "precision": precision, "step_s": t.times, "step_cpu_s": t.cpu, "step_tokens": t.tokens,
+           "others_cpu_share": sum(o * dt for o, dt in zip(t.others, t.times)) / seconds, "tokens": tokens,
            "seconds": seconds, "tok_s": tokens / seconds, "peak_mib": r.pop("peak_kib") / 1024,
            "first_loss": t.first_loss, **r}
     if out["ref_pass_s"] is not None:  # the one-off reference pass, pro-rated to the timed rows (one epoch)
@@ -229,7 +243,8 @@ def run_config(side: str, precision: str, warmup: int, steps: int) -> dict[str, 
         sys.exit(f"{side} {precision} failed (exit {proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
     r = json.loads(result.read_text())
     print(f"  {side:15s} {precision:10s} {r['tok_s']:8.1f} tok/s  peak +{r['peak_mib']:7.1f} MiB  "
-          f"({r['tokens']} tokens in {r['seconds']:.1f} s, process {time.perf_counter() - t0:.0f} s)", flush=True)
+          f"({r['tokens']} tokens in {r['seconds']:.1f} s, other processes {100 * r['others_cpu_share']:.0f}% of the CPUs; "
+          f"worker {time.perf_counter() - t0:.0f} s)", flush=True)
     return r
 
 

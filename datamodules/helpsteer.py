@@ -152,11 +152,12 @@ class HelpSteerDataModule(RecordDataModule):
             value = row.get(name)
             if value is None:
                 raise RecordError("missing rating", field=name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            # a JSON file with one float anywhere in a column is read as floats throughout: accept 3.0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
                 raise RecordError(f"expected an integer rating 0-4, got {value!r}", field=name)
             if not SCALE[0] <= value <= SCALE[1]:
                 raise RecordError(f"rating {value} outside the declared scale 0-4", field=name)
-            ratings[name] = value
+            ratings[name] = int(value)
         scores = {a: ratings[a] for a in attributes}
         return [ScoredResponse(prompt=prompt, response=response, scores=scores, scales={a: SCALE for a in attributes})]
 

@@ -110,7 +110,7 @@ class Tree:
             if parent is None:
                 raise _error(f"parent {parent_id!r} is not in tree {tree_id!r}", "parent_id", m)
             if parent["role"] == m["role"]:
-                raise _error(f"a {m['role']} message replies to a {parent['role']} message", "role", m)
+                raise _error(f"a {m['role']} message replies to a message of the same role", "role", m)
             self.children[parent_id].append(m)
         reached = {mid for mid, _ in self._walk(prune=False)}
         for m in messages:

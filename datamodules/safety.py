@@ -285,7 +285,7 @@ class PKUSafeRLHFDataModule(_LocalOrHub):
                 scores, scales = {"is_safe": float(safe[i])}, {"is_safe": FLAG}
                 severity = row.get(f"response_{i}_severity_level")
                 if severity is not None:
-                    if isinstance(severity, bool) or not isinstance(severity, int):
+                    if isinstance(severity, bool) or not isinstance(severity, (int, float)) or not float(severity).is_integer():
                         raise RecordError(f"expected an integer 0-3, got {severity!r}", field=f"response_{i}_severity_level")
                     if not SEVERITY[0] <= severity <= SEVERITY[1]:
                         raise RecordError(f"severity {severity} outside 0-3", field=f"response_{i}_severity_level")

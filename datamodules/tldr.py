@@ -247,6 +247,7 @@ class TLDRDataModule(RecordDataModule):
             raise RecordError(f"expected 0 or 1 (the preferred summary's index), got {choice!r}", field="choice")
         if texts[0] == texts[1]:
             raise RecordError("the two summaries are identical", field="summaries[1].text")
+        choice = int(choice)
         return [PreferencePair(prompt=prompt, chosen=texts[choice], rejected=texts[1 - choice], source_id=source_id)]
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
@@ -277,9 +278,9 @@ def _axis_records(summary: Any, prompt: str, source_id: str | None, kind: str) -
         value = axes.get(name)
         if value is None:  # not rated on this axis
             continue
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
             raise RecordError(f"expected an integer rating 1-7, got {value!r}", field=f"summary.axes.{name}")
-        scores[name], scales[name] = value, LIKERT
+        scores[name], scales[name] = int(value), LIKERT
     compatible = axes.get("compatible")
     if compatible is not None:
         if not isinstance(compatible, bool):

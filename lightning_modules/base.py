@@ -38,6 +38,17 @@ class OptimSettings:
 
 
 STAGE_PREFIX = {"train": "train", "validation": "val", "test": "test"}  # metric names per split
+@dataclasses.dataclass
+class ShardingSettings:
+    """FSDP2 (``fully_shard``) options, used when the trainer's strategy is ``ModelParallelStrategy``."""
+
+    param_dtype: Literal["float32", "bfloat16"] = "bfloat16"  # compute dtype of gathered parameters
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"  # gradient reduce-scatter dtype
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward
+    cpu_offload: bool = False  # keep sharded parameters, gradients and optimizer state in CPU memory
+    reshard_after_forward: bool = True  # ZeRO-3 (True) or ZeRO-2-like (False)
+
+
 _NESTED = {"lora": LoraSettings, "prompt_tuning": PromptTuningSettings}
 
 
@@ -81,6 +92,7 @@ class CausalLMModule(L.LightningModule):
         tokenize: TokenizeSettings | None = None,
         optim: OptimSettings | None = None,
         sampling: SamplingSettings | None = None,
+        sharding: ShardingSettings | None = None,
         logprob_chunk_size: int = 1024,
     ):
         super().__init__()
@@ -88,6 +100,7 @@ class CausalLMModule(L.LightningModule):
         self.tokenize_settings: TokenizeSettings = as_dataclass(TokenizeSettings, tokenize)
         self.optim: OptimSettings = as_dataclass(OptimSettings, optim)
         self.sampling: SamplingSettings = as_dataclass(SamplingSettings, sampling)
+        self.sharding: ShardingSettings = as_dataclass(ShardingSettings, sharding)
         self.logprob_chunk_size = logprob_chunk_size
         # plain values only, so checkpoints load with weights_only=True and load_from_checkpoint works
         self.save_hyperparameters(
@@ -97,6 +110,7 @@ class CausalLMModule(L.LightningModule):
                 "tokenize": _plain(self.tokenize_settings),
                 "optim": _plain(self.optim),
                 "sampling": _plain(self.sampling),
+                "sharding": _plain(self.sharding),
                 "logprob_chunk_size": logprob_chunk_size,
                 **self.method_hparams(),
             }
@@ -123,9 +137,49 @@ class CausalLMModule(L.LightningModule):
 
     # ---- model ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.model is None:
-            self.model = load_backbone(self.backbone_cfg)
-            self.build_extras()
+        """Build the backbone and extras; shard them with FSDP2 when the strategy provides a device mesh."""
+        if self.model is not None:
+            return
+        self.model = load_backbone(self.backbone_cfg)
+        self.build_extras()
+        if self.device_mesh is not None:
+            self.check_shardable()
+            self.shard(self.device_mesh["data_parallel"])
+
+    def check_shardable(self) -> None:
+        """Fail at start-up, not mid-run, on combinations that sharding does not support (override)."""
+        if self.backbone_cfg.quantization is not None:
+            raise ValueError("FSDP with bitsandbytes-quantized base weights is not supported; use DDP for QLoRA")
+        if self.backbone_cfg.prompt_tuning is not None:
+            raise ValueError("FSDP with PEFT prompt tuning is not supported; use DDP")
+
+    def shard(self, mesh) -> None:
+        """``fully_shard`` each decoder layer, then the backbone root, then every other trainable child."""
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        s = self.sharding
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+        kwargs = dict(
+            mesh=mesh,
+            mp_policy=MixedPrecisionPolicy(param_dtype=dtypes[s.param_dtype], reduce_dtype=dtypes[s.reduce_dtype]),
+            reshard_after_forward=s.reshard_after_forward,
+        )
+        if s.cpu_offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+        layers = decoder_layers(self.model)
+        if s.activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+            for i, layer in enumerate(layers):
+                layers[i] = checkpoint_wrapper(layer)
+        for layer in layers:
+            fully_shard(layer, **kwargs)
+        # the root keeps its parameters gathered after forward: the LM head is applied to the hidden states
+        # after the model's own forward (completion positions only), and again when recomputed in backward
+        fully_shard(self.model, **{**kwargs, "reshard_after_forward": False})
+        for name, child in self.named_children():
+            if name != "model" and any(p.requires_grad for p in child.parameters()):
+                fully_shard(child, **kwargs)  # e.g. a reward head: its gradients must be reduced too
 
     def build_extras(self) -> None:
         """Heads, references... created after the backbone (override)."""
@@ -200,3 +254,14 @@ class CausalLMModule(L.LightningModule):
                 f"{type(self).__name__} on {self.backbone_cfg.name_or_path!r} (first differing weights: {diff})"
             )
 
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated decoder blocks of a (PEFT-wrapped) transformers causal LM."""
+    from zoo.backbone import base_model
+
+    trunk = base_model(model).get_decoder()
+    for name in ("layers", "h", "blocks"):  # Llama/Mistral/Qwen, GPT-2/GPT-J/GPT-Neo, others
+        layers = getattr(trunk, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ValueError(f"cannot find the decoder layers of {type(trunk).__name__} to shard")

@@ -72,6 +72,14 @@ class DPO(CausalLMModule):
         return dict(beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
                     reference=self.reference, reference_model=self.reference_model, ref_cache_dir=self.ref_cache_dir)
 
+    def check_shardable(self) -> None:
+        super().check_shardable()
+        if self.reference == "live" and self.reference_model is None and self.backbone_cfg.lora is None:
+            raise ValueError(
+                "DPO under FSDP: reference 'live' would need a sharded frozen copy of the policy; "
+                "use reference: cached (the default) or a LoRA backbone (the adapter-disabled base is the reference)"
+            )
+
     @staticmethod
     def example_fn(record: PreferencePair, **kwargs: Any) -> Iterable[dict[str, Any]]:
         yield {"prompt": list(record.prompt), "completions": [record.chosen, record.rejected]}

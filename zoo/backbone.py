@@ -139,6 +139,14 @@ def load_backbone(cfg: BackboneConfig) -> nn.Module:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        import bitsandbytes as bnb
+
+        for module in model.modules():
+            # bnb's CPU inference fast path (AVX512-BF16) repacks 4-bit weights in place on the first
+            # eval/no-grad forward (DPO's reference pass): absmax is rounded to bf16 and the repacked matmul
+            # has no autograd, so later training steps silently lose gradients through the base layers.
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora is not None or cfg.prompt_tuning is not None:

@@ -43,13 +43,33 @@ def token_logprobs(
     return torch.cat(parts)
 
 
+def final_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The trunk's final hidden states [N, T, H].
+
+    The call goes through the root model (``logits_to_keep=1``: one logit row per sequence), not the trunk
+    alone, so every wrapper's hooks run: FSDP2 gathers its root parameters (embeddings, final norm, a
+    tied LM head) there, and PEFT routes adapters. A forward hook on the trunk captures its output.
+    """
+    trunk, _ = trunk_and_head(model)
+    captured: list[torch.Tensor] = []
+
+    def grab(module: nn.Module, args: tuple, output) -> None:
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = trunk.register_forward_hook(grab)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
 def completion_hidden(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Trunk forward; returns (hidden states at positions that predict a label [M, H], their targets [M],
-    the row each belongs to [M]). Position t predicts token t+1."""
-    trunk, _ = trunk_and_head(model)
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    """Hidden states at positions that predict a label [M, H], their targets [M], and the row each
+    belongs to [M]. Position t predicts token t+1."""
+    hidden = final_hidden(model, input_ids, attention_mask)
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
@@ -79,9 +99,8 @@ def sequence_logprobs(
 
 
 def last_token_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Trunk hidden state at each row's last real token (right padding) [N, H]; reward heads read it."""
-    trunk, _ = trunk_and_head(model)
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    """Final hidden state at each row's last real token (right padding) [N, H]; reward heads read it."""
+    hidden = final_hidden(model, input_ids, attention_mask)
     last = attention_mask.sum(-1) - 1
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
