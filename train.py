@@ -16,13 +16,14 @@ import lightning_modules  # noqa: E402,F401
 from callbacks.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
+def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     return LightningCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},  # re-running in the same folder must not crash
         trainer_defaults={"plugins": [AtomicCheckpointIO()], "use_distributed_sampler": False},
         args=args,
+        run=run,
     )
 
 

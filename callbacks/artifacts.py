@@ -48,3 +48,30 @@ class SavePretrained(L.Callback):
         path = Path(self.dirpath or Path(trainer.log_dir or "outputs") / "hf")
         pl_module.save_pretrained(path)
         print(f"saved the trained model to {path}")
+
+
+def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint as one dict: a file (``weights_only=True``) or a sharded (distributed) checkpoint
+    directory written by ``ModelParallelStrategy``, consolidated in memory."""
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+        return _load_distributed_checkpoint(path)  # the Trainer's sharded format already has 'state_dict'
+    from callbacks.checkpoint_io import AtomicCheckpointIO
+
+    return AtomicCheckpointIO().load_checkpoint(path)
+
+
+def export_pretrained(module: L.LightningModule, ckpt_path: str | Path, out_dir: str | Path) -> Path:
+    """Load a (possibly sharded) checkpoint into an unsharded ``module`` and write its ``save_pretrained``
+    directory: plain transformers (or PEFT adapter files) load it without steerzoo."""
+    module.configure_model()
+    state = load_checkpoint_state(ckpt_path)
+    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt_path} does not fit {type(module).__name__}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return module.save_pretrained(out_dir)

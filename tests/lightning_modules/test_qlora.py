@@ -18,6 +18,7 @@ import torch
 
 from lightning_modules import DPO, SFT, RewardModel
 from tests.factories import hh_sample, tiny_kwargs, trainer
+from zoo.backbone import BackboneConfig, LoraSettings, load_backbone
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -46,9 +47,9 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     snap = {f"param:{n}": _raw(p) for n, p in module.named_parameters()}
     snap.update({f"buffer:{n}": _raw(b) for n, b in module.named_buffers()})
     for name, mod in module.named_modules():
-        state = getattr(getattr(mod, "weight", None), "quant_state", None)
-        if state is None:
+        if not isinstance(mod, bnb.nn.Linear4bit):
             continue
+        state = mod.weight.quant_state
         snap[f"quant:{name}.absmax"] = _raw(state.absmax)
         if state.state2 is not None:  # double quantization: absmax is itself quantized
             snap[f"quant:{name}.absmax2"] = _raw(state.state2.absmax)
@@ -91,3 +92,42 @@ def test_qlora_steps_change_only_the_adapters(tmp_cwd, tiny_dir, module_cls, qua
     assert not unchanged, f"trainable parameters that did not change: {unchanged}"
     moved = sorted(n for n in set(before) - trainable if not torch.equal(before[n], after[n]))
     assert not moved, f"frozen parameters or quantization state that changed: {moved}"
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_qlora_gradients_equal_the_dequantized_float_model(tiny_dir, quantization):
+    """LoRA gradients through the quantized base equal those of a float model holding the dequantized
+    weights, also after an eval-mode no-grad forward (what DPO's reference pass does first): bnb's CPU
+    inference path would repack 4-bit weights there and drop gradients through them afterwards."""
+    lora = LoraSettings(r=4, alpha=8)
+    qlora = load_backbone(BackboneConfig(name_or_path=str(tiny_dir), quantization=quantization, lora=lora))
+    plain = load_backbone(BackboneConfig(name_or_path=str(tiny_dir), lora=lora))
+    gen = torch.Generator().manual_seed(0)
+    for (name, p), (_, p_plain) in zip(qlora.named_parameters(), plain.named_parameters()):
+        if ".lora_" in name:  # non-zero B, so every adapter gets a gradient on the first backward
+            with torch.no_grad():
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+                p_plain.copy_(p)
+    float_layers = dict(plain.named_modules())
+    for name, mod in qlora.named_modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(mod.weight.data, mod.weight.quant_state)
+        elif isinstance(mod, bnb.nn.Linear8bitLt):
+            weight = mod.weight.data.float() * mod.weight.SCB[:, None] / 127  # row-wise absmax int8
+        else:
+            continue
+        with torch.no_grad():
+            float_layers[name].weight.copy_(weight)
+
+    ids = torch.randint(0, 256, (2, 24), generator=gen)
+    qlora.eval()
+    with torch.no_grad():
+        qlora(input_ids=ids)
+    grads = []
+    for model in (qlora, plain):
+        model.train()
+        model(input_ids=ids).logits.float().pow(2).mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert len(grads[0]) == len(grads[1]) == 2 * 7 * 2  # A and B of 7 linear layers x 2 decoder layers
+    for (name, g), g_plain in zip(grads[0].items(), grads[1].values()):
+        torch.testing.assert_close(g, g_plain, rtol=1e-4, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")

@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # noqa: E402
+from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 
 from callbacks.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+from callbacks.strategies import ShardedStrategy  # noqa: E402
 from lightning_modules import DPO  # noqa: E402
 from tests.factories import hh_sample, tiny_kwargs  # noqa: E402
 
@@ -57,7 +58,7 @@ def main() -> None:
     strategy = {
         "single": "auto",
         "ddp": DDPStrategy(process_group_backend="gloo", checkpoint_io=AtomicCheckpointIO()),
-        "fsdp": ModelParallelStrategy(data_parallel_size=a.devices, tensor_parallel_size=1),
+        "fsdp": ShardedStrategy(data_parallel_size=a.devices, tensor_parallel_size=1),
     }[a.strategy]
     trainer = L.Trainer(
         accelerator="cpu", devices=a.devices, strategy=strategy, max_steps=a.steps, precision="32-true",
@@ -70,10 +71,12 @@ def main() -> None:
     module = DPO(**tiny_kwargs(optim={"lr": 1e-3}, sharding={"param_dtype": "float32"}), ref_cache_dir=None)
     ckpt = str(ckpt_dir / "last.ckpt") if a.resume else None
     trainer.fit(module, datamodule=hh_sample(train=32, batch_size=a.batch), ckpt_path=ckpt)
+    # the trained module's logits on a fixed input (every rank runs the forward: FSDP gathers collectively)
+    probe = torch.arange(40).reshape(2, 20) % 250
+    with torch.no_grad():
+        logits = module.model(input_ids=probe, attention_mask=torch.ones_like(probe)).logits
     if trainer.is_global_zero:
-        module_path = a.out / "final_state.pt"
-        if a.strategy != "fsdp":
-            torch.save({k: v.detach().cpu() for k, v in module.model.state_dict().items()}, module_path)
+        torch.save(logits.full_tensor() if hasattr(logits, "full_tensor") else logits, a.out / "final_logits.pt")
 
 
 if __name__ == "__main__":
