@@ -96,6 +96,18 @@ def make_examples(
     return out
 
 
+def group_examples(recs: datasets.Dataset, example_fn: Callable, kind: str, **kwargs: Any) -> datasets.Dataset:
+    """Records grouped by prompt (first-seen order) -> ``example_fn(list_of_records)`` -> examples."""
+    cls: type[Record] = RECORD_TYPES[kind]
+    groups: dict[str, list[Record]] = {}
+    for row in recs:
+        groups.setdefault(json.dumps(row["prompt"]), []).append(cls.from_row(row))
+    rows = [ex for group in groups.values() for ex in example_fn(group, **kwargs)]
+    if not rows:
+        raise ValueError(f"no method examples from {len(recs)} {kind} records in {len(groups)} prompt groups")
+    return datasets.Dataset.from_list(rows)
+
+
 class RecordDataModule(L.LightningDataModule):
     """Shared machinery; subclasses implement ``load_split`` and ``to_records``.
 
@@ -219,19 +231,10 @@ class RecordDataModule(L.LightningDataModule):
         method = self._method()
         kind = "prompt" if split == "predict" else method.record_kind
         recs = self._cap(split, self.records(split, kind))
-        examples = recs.map(
-            make_examples,
-            batched=True,
-            remove_columns=recs.column_names,
-            num_proc=self.num_proc,
-            fn_kwargs=dict(
-                example_fn=method.prompt_example_fn if split == "predict" else method.example_fn,
-                kind=kind,
-                code=code_digest(type(method), records_module),
-                **method.example_kwargs(split),
-            ),
-            desc=f"{type(method).__name__}: {kind} records -> examples",
-        )
+        if split != "predict" and getattr(method, "group_by_prompt", False):  # e.g. CMPO pairs up all responses of a prompt
+            examples = group_examples(recs, method.example_fn, kind, **method.example_kwargs(split))
+        else:
+            examples = self._map_examples(recs, method, kind, split)
         settings: TokenizeSettings = method.tokenize_settings
         tokenized = examples.map(
             tokenize_examples,
@@ -252,6 +255,21 @@ class RecordDataModule(L.LightningDataModule):
         if len(tokenized) == 0:
             raise ValueError(f"{type(self).__name__} {split}: no examples left (see the counts above)")
         return tokenized.add_column("idx", list(range(len(tokenized))))
+
+    def _map_examples(self, recs: datasets.Dataset, method: Any, kind: str, split: str) -> datasets.Dataset:
+        return recs.map(
+            make_examples,
+            batched=True,
+            remove_columns=recs.column_names,
+            num_proc=self.num_proc,
+            fn_kwargs=dict(
+                example_fn=method.prompt_example_fn if split == "predict" else method.example_fn,
+                kind=kind,
+                code=code_digest(type(method), records_module),
+                **method.example_kwargs(split),
+            ),
+            desc=f"{type(method).__name__}: {kind} records -> examples",
+        )
 
     def prepare_data(self) -> None:
         """Download/convert once per node (datasets caches the result for setup)."""

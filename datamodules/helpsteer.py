@@ -127,7 +127,9 @@ class HelpSteerDataModule(RecordDataModule):
             return self._load(split)
         if self._held_out():
             return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(f"HelpSteer: no {split!r} split; give data.data_files.{split} or validation_fraction")
+        raise ValueError(
+            f"HelpSteer: no {split!r} split; give data.data_files.{split} or validation_fraction"
+        )
 
     def source_name(self, split: str) -> str:
         own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
@@ -142,7 +144,9 @@ class HelpSteerDataModule(RecordDataModule):
 
     # --- rows -> records -------------------------------------------------------------------------
     @staticmethod
-    def to_records(row: dict[str, Any], kind: str, attributes: tuple[str, ...] | list[str] = ATTRIBUTES) -> list[Record]:
+    def to_records(
+        row: dict[str, Any], kind: str, attributes: tuple[str, ...] | list[str] = ATTRIBUTES
+    ) -> list[Record]:
         prompt = parse_prompt(_text(row.get("prompt"), "prompt"))
         if kind == "prompt":
             return [PromptRecord(prompt=prompt)]
@@ -153,13 +157,21 @@ class HelpSteerDataModule(RecordDataModule):
             if value is None:
                 raise RecordError("missing rating", field=name)
             # a JSON file with one float anywhere in a column is read as floats throughout: accept 3.0
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not float(value).is_integer()
+            ):
                 raise RecordError(f"expected an integer rating 0-4, got {value!r}", field=name)
             if not SCALE[0] <= value <= SCALE[1]:
                 raise RecordError(f"rating {value} outside the declared scale 0-4", field=name)
             ratings[name] = int(value)
         scores = {a: ratings[a] for a in attributes}
-        return [ScoredResponse(prompt=prompt, response=response, scores=scores, scales={a: SCALE for a in attributes})]
+        return [
+            ScoredResponse(
+                prompt=prompt, response=response, scores=scores, scales={a: SCALE for a in attributes}
+            )
+        ]
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
         recs = super().records(split, kind)

@@ -15,6 +15,7 @@ helpful-base *test* split, MIT; see ``datamodules/samples/PROVENANCE.md``), all 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,13 +23,19 @@ from typing import Any, ClassVar
 import datasets
 
 from datamodules.base import RecordDataModule
-from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError
+from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
+from zoo.scorers import Scorer, build_scorers, score_all
 
 HUB_ID = "Anthropic/hh-rlhf"
 SUBSETS = ("helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts")
 SAMPLE_FILE = Path(__file__).parent / "samples" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
 ASSISTANT = "\n\nAssistant:"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+@functools.cache
+def _scorers(names: tuple[str, ...]) -> list[Scorer]:
+    return build_scorers(names)  # built once per process (VADER loads its lexicon)
 
 
 def parse_transcript(text: str, field: str) -> list[dict[str, str]]:
@@ -76,11 +83,13 @@ class HHRLHFDataModule(RecordDataModule):
         data_files: local JSON/JSONL(.gz) files per split (``{"train": [...], "test": [...]}``); overrides
             the hub. ``"sample"`` uses the shipped helpful-base test split.
         single_turn: keep only prompts with one human turn.
+        scorers: offline scorers (``zoo.scorers.build_scorers`` names, e.g. ``[verbosity, sentiment]``) that
+            label both replies of each row, yielding ``scored`` records (the embedded multi-attribute demo data).
         dedup: drop repeated (prompt, chosen, rejected) rows (counted in the skip report).
         (see ``RecordDataModule`` for the shared arguments)
     """
 
-    record_kinds: ClassVar[tuple[str, ...]] = ("preference", "demonstration", "prompt")
+    record_kinds: ClassVar[tuple[str, ...]] = ("preference", "demonstration", "prompt", "scored")
 
     def __init__(
         self,
@@ -88,6 +97,7 @@ class HHRLHFDataModule(RecordDataModule):
         data_files: dict[str, list[str] | str] | str | None = None,
         single_turn: bool = False,
         dedup: bool = False,
+        scorers: list[str] | None = None,
         revision: str | None = None,
         **kwargs: Any,
     ):
@@ -99,6 +109,7 @@ class HHRLHFDataModule(RecordDataModule):
         if data_files == "sample":
             data_files = {"train": [str(SAMPLE_FILE)]}
         self.data_files, self.single_turn, self.dedup, self.revision = data_files, single_turn, dedup, revision
+        self.scorers = list(scorers or [])
 
     # --- raw rows ---------------------------------------------------------------------------------
     def _files_for(self, split: str) -> list[str] | None:
@@ -142,10 +153,10 @@ class HHRLHFDataModule(RecordDataModule):
         return f"{HUB_ID}[{'+'.join(self.data_dir)}]/{split}"
 
     def record_options(self) -> dict[str, Any]:
-        return {"single_turn": self.single_turn}
+        return {"single_turn": self.single_turn, "scorers": self.scorers}
 
     @staticmethod
-    def to_records(row: dict[str, Any], kind: str, single_turn: bool = False) -> list[Record]:
+    def to_records(row: dict[str, Any], kind: str, single_turn: bool = False, scorers: list[str] = ()) -> list[Record]:
         for name in ("chosen", "rejected"):
             if name not in row or row[name] is None:
                 raise RecordError("missing", field=name)
@@ -157,6 +168,17 @@ class HHRLHFDataModule(RecordDataModule):
             return [PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected)]
         if kind == "demonstration":
             return [Demonstration(prompt=prompt, response=chosen)]
+        if kind == "scored":
+            if not scorers:
+                raise ValueError("HH-RLHF 'scored' records need data.scorers (e.g. [verbosity, sentiment])")
+            built = _scorers(tuple(scorers))
+            replies = [chosen, rejected]
+            scores = score_all(built, [prompt[-1]["content"]] * 2, replies)
+            scales = {a: sc for s in built for a, sc in s.scales.items()}
+            return [
+                ScoredResponse(prompt=prompt, response=reply, scores={a: v[i] for a, v in scores.items()}, scales=scales)
+                for i, reply in enumerate(replies)
+            ]
         return [PromptRecord(prompt=prompt)]
 
     def records(self, split: str, kind: str) -> datasets.Dataset:

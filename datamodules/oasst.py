@@ -50,7 +50,18 @@ HUB_SPLITS = {"train": "train", "validation": "validation", "test": "validation"
 SAMPLES = Path(__file__).parent / "samples" / "oasst1"
 SAMPLE_FILES = {"train": [str(SAMPLES / "messages.first40trees.jsonl.gz")]}
 LABELLED_SAMPLE = SAMPLES / "labelled-tree.handwritten.jsonl"
-MESSAGE_FIELDS = ("message_id", "parent_id", "text", "role", "rank", "lang", "deleted", "review_result", "tree_state", "labels")
+MESSAGE_FIELDS = (
+    "message_id",
+    "parent_id",
+    "text",
+    "role",
+    "rank",
+    "lang",
+    "deleted",
+    "review_result",
+    "tree_state",
+    "labels",
+)
 ROLES = {"prompter": "user", "assistant": "assistant"}
 LABEL_SCALE = (0.0, 1.0)
 
@@ -97,7 +108,11 @@ class Tree:
         roots = [m for m in messages if m.get("parent_id") is None]
         if len(roots) != 1:
             where = roots[1] if roots else messages[0]
-            raise _error(f"tree {tree_id!r} needs exactly one root (parent_id null), found {len(roots)}", "parent_id", where)
+            raise _error(
+                f"tree {tree_id!r} needs exactly one root (parent_id null), found {len(roots)}",
+                "parent_id",
+                where,
+            )
         self.root = roots[0]
         if self.root["role"] != "prompter":
             raise _error("the root message must be the prompter's", "role", self.root)
@@ -165,7 +180,11 @@ def _label_scores(m: Mapping[str, Any], keep: list[str] | None) -> dict[str, flo
     for name, value, count in zip(names, values, counts):
         if (keep is not None and name not in keep) or count == 0:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not LABEL_SCALE[0] <= value <= LABEL_SCALE[1]:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not LABEL_SCALE[0] <= value <= LABEL_SCALE[1]
+        ):
             raise _error(f"expected a number in [0, 1], got {value!r}", f"labels.{name}", m)
         scores[name] = value
     return scores
@@ -247,7 +266,12 @@ class OASST1DataModule(RecordDataModule):
         return f"{HUB_ID}/{HUB_SPLITS.get(part, part)}{tail}"
 
     def record_options(self) -> dict[str, Any]:
-        return {"langs": self.langs, "ready_only": self.ready_only, "branch": self.branch, "label_names": self.label_names}
+        return {
+            "langs": self.langs,
+            "ready_only": self.ready_only,
+            "branch": self.branch,
+            "label_names": self.label_names,
+        }
 
     # --- trees -> records ------------------------------------------------------------------------
     @staticmethod
@@ -260,7 +284,11 @@ class OASST1DataModule(RecordDataModule):
         label_names: list[str] | None = None,
     ) -> list[Record]:
         tree = Tree(row.get("message_tree_id"), row.get("messages") or [])
-        if ready_only and tree.root.get("tree_state") not in (None, "ready_for_export") or not _alive(tree.root):
+        if (
+            ready_only
+            and tree.root.get("tree_state") not in (None, "ready_for_export")
+            or not _alive(tree.root)
+        ):
             return []
         if langs and tree.root.get("lang") not in langs:
             return []
@@ -272,15 +300,23 @@ class OASST1DataModule(RecordDataModule):
             elif kind == "demonstration" and m["role"] == "assistant":
                 if branch == "best" and not all(tree.is_best(a) for a in path if a["role"] == "assistant"):
                     continue
-                out.append(Demonstration(prompt=_conversation(path[:-1]), response=m["text"].strip(), source_id=m["message_id"]))
+                out.append(
+                    Demonstration(
+                        prompt=_conversation(path[:-1]), response=m["text"].strip(), source_id=m["message_id"]
+                    )
+                )
             elif kind == "preference" and m["role"] == "prompter":
-                ranked = sorted((r for r in tree.replies(m) if r.get("rank") is not None), key=lambda r: r["rank"])
+                ranked = sorted(
+                    (r for r in tree.replies(m) if r.get("rank") is not None), key=lambda r: r["rank"]
+                )
                 for i, better in enumerate(ranked):
                     for worse in ranked[i + 1 :]:
                         if better["rank"] == worse["rank"]:
                             continue
                         if better["text"].strip() == worse["text"].strip():
-                            raise _error(f"same text as its ranked sibling {better['message_id']!r}", "text", worse)
+                            raise _error(
+                                f"same text as its ranked sibling {better['message_id']!r}", "text", worse
+                            )
                         out.append(
                             PreferencePair(
                                 prompt=_conversation(path),

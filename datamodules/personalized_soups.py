@@ -39,7 +39,9 @@ import datasets
 from datamodules.base import RecordDataModule
 from zoo.records import PromptRecord, Record, RecordError
 
-SAMPLE_FILES = {"train": [str(Path(__file__).parent / "samples" / "personalized_soups" / "alpaca_gpt4.handwritten.jsonl")]}
+SAMPLE_FILES = {
+    "train": [str(Path(__file__).parent / "samples" / "personalized_soups" / "alpaca_gpt4.handwritten.jsonl")]
+}
 
 # Table 4 (P1A-P3B) and the scaling experiment's Style additions (P3C, P3D), verbatim.
 PREFERENCE_PROMPTS_AS_PRINTED = {
@@ -57,54 +59,54 @@ COMBINATIONS = ("AAA", "AAB", "ABA", "ABB", "BAA", "BAB", "BBA", "BBB")
 # Table 5, "The full list of 50 prompts used for evaluation" (ID 48 is not printed).
 EVALUATION_PROMPTS: dict[int, str] = {
     1: "Why can't bank use cash as capital as a buffer for potential losses?",
-    2: 'Can you tell my a story about nuclear physics?',
-    3: 'Create a message for an offer letter for an internship at Apple as a AI research intern.',
-    4: 'Explain sarcoidosis to me.',
-    5: 'Give me a sample 5 day itinary for a switzerland holiday, starting from Basel',
-    6: 'Explain The Death of Ivan Ilych',
-    7: 'Why is it that only proteins, carbohydrates and fats are deemed to have caloric value?',
-    8: 'Rank the following companies by how pro-consumer they are:Microsoft, Google, Nintendo, Sony, EA.',
+    2: "Can you tell my a story about nuclear physics?",
+    3: "Create a message for an offer letter for an internship at Apple as a AI research intern.",
+    4: "Explain sarcoidosis to me.",
+    5: "Give me a sample 5 day itinary for a switzerland holiday, starting from Basel",
+    6: "Explain The Death of Ivan Ilych",
+    7: "Why is it that only proteins, carbohydrates and fats are deemed to have caloric value?",
+    8: "Rank the following companies by how pro-consumer they are:Microsoft, Google, Nintendo, Sony, EA.",
     9: "I'm planning to visit Okinawa Japan from April 7th to April 10th. Do you have any recommendation on what to do while I'm there?",
-    10: 'How to improve instance segmentation AP metrics with human knowledge?',
-    11: 'What is needed for self-sufficient living spaces?',
-    12: 'Expand on the relation between inconsistency and ideological thinking.',
-    13: 'Why do people give Reddit Gold to admins?',
-    14: 'What does Nassim Nicholas Taleb say about market efficiency?',
-    15: 'Can a boy and girl be just be best friends only ever?',
-    16: 'What would be the reason for the popularity of youtube compared to other video sharing websites?',
+    10: "How to improve instance segmentation AP metrics with human knowledge?",
+    11: "What is needed for self-sufficient living spaces?",
+    12: "Expand on the relation between inconsistency and ideological thinking.",
+    13: "Why do people give Reddit Gold to admins?",
+    14: "What does Nassim Nicholas Taleb say about market efficiency?",
+    15: "Can a boy and girl be just be best friends only ever?",
+    16: "What would be the reason for the popularity of youtube compared to other video sharing websites?",
     17: 'Do you know something about the book "the art of thinking clearly" wrote by Rolf Dobelli?',
-    18: 'Antennas that transmit an equal amount of energy in the horizontal direction are called',
-    19: 'Hi, I have a question about MFCC (mel frequency cepstral coefficients). Are they the same thing as a MEL-spectrogram, or is there a difference?',
-    20: 'Why is it a bad idea to give a mouse a cookie?',
-    21: 'How can anti-deressants make people think or act suicidally?',
-    22: 'Create a lesson plan in two different levels: in CEFR A1 and A2 on the topic of friendship. Add a rubric.',
-    23: 'Is online casino legal in India?',
-    24: 'How much of a threat is climate change in the coming years, and what should we do to stop it?',
-    25: 'Explain the basics of area and perimeter',
-    26: 'What are the possible performance issues in a learning program on cross cultural communication?',
-    27: 'Write description for 925 sterling silver miami cuban link chain.',
-    28: 'What if people only valued and took pride in the things that were true about themselves?',
-    29: 'I need to learn English could you help me and make a exercise?',
-    30: 'Why does warmth make you feel tired?',
-    31: 'Explain to me the Finite Element Method.',
+    18: "Antennas that transmit an equal amount of energy in the horizontal direction are called",
+    19: "Hi, I have a question about MFCC (mel frequency cepstral coefficients). Are they the same thing as a MEL-spectrogram, or is there a difference?",
+    20: "Why is it a bad idea to give a mouse a cookie?",
+    21: "How can anti-deressants make people think or act suicidally?",
+    22: "Create a lesson plan in two different levels: in CEFR A1 and A2 on the topic of friendship. Add a rubric.",
+    23: "Is online casino legal in India?",
+    24: "How much of a threat is climate change in the coming years, and what should we do to stop it?",
+    25: "Explain the basics of area and perimeter",
+    26: "What are the possible performance issues in a learning program on cross cultural communication?",
+    27: "Write description for 925 sterling silver miami cuban link chain.",
+    28: "What if people only valued and took pride in the things that were true about themselves?",
+    29: "I need to learn English could you help me and make a exercise?",
+    30: "Why does warmth make you feel tired?",
+    31: "Explain to me the Finite Element Method.",
     32: 'Introduce the "financial markets and institutions" by Frederic S. Mishkin',
-    33: 'When are hops added to the brewing process?',
-    34: 'Can a Liebherr LTM 11200-9.1 hypothetically lift Mount everest?',
-    35: 'What are five important topics for game design?',
-    36: 'What language does argentina people speak?',
-    37: 'Is queue an ADT or a data structure?',
-    38: 'What are some basics of nutrition that i should be aware of?',
-    39: 'Can a qualifying manager work remotely abroad for US employer for an year be eligible for Eb1-C while on h1-b?',
-    40: 'I have competencies in remote sensing, machine learning, and water resource knowledge, what are the possible jobs I can occupy? What are the possible projects I can do? What companies I can work at?',
-    41: 'Is a banana a fruit or a herb',
-    42: 'What are african governments doing to improve air traffic connectivity?',
-    43: 'I want to open the developer tools in chrome with ctrl + shift + i on this website: https://mnsw.pro/ It doesnt work. works on other websites. even here. what is wrong?',
-    44: 'Consider this situation. Customer is ready to pay $13 for my product but we are not able to raise invoice for less than $20. So in this situation, act like a top sales person; closing expert; give me an email copy to upsell this customer with another $13 product so that it can create a win win situation.',
-    45: 'What are the important points for brand promotion and brand marketing?',
-    46: 'What niches are not being fulfilled on the YouTube platform?',
-    47: 'Explain TypeScript and Duck Typing.',
-    49: 'How are carbon fibers used in buildings?',
-    50: 'List the layers of the TCP/IP model and for each layer identify one protocol.',
+    33: "When are hops added to the brewing process?",
+    34: "Can a Liebherr LTM 11200-9.1 hypothetically lift Mount everest?",
+    35: "What are five important topics for game design?",
+    36: "What language does argentina people speak?",
+    37: "Is queue an ADT or a data structure?",
+    38: "What are some basics of nutrition that i should be aware of?",
+    39: "Can a qualifying manager work remotely abroad for US employer for an year be eligible for Eb1-C while on h1-b?",
+    40: "I have competencies in remote sensing, machine learning, and water resource knowledge, what are the possible jobs I can occupy? What are the possible projects I can do? What companies I can work at?",
+    41: "Is a banana a fruit or a herb",
+    42: "What are african governments doing to improve air traffic connectivity?",
+    43: "I want to open the developer tools in chrome with ctrl + shift + i on this website: https://mnsw.pro/ It doesnt work. works on other websites. even here. what is wrong?",
+    44: "Consider this situation. Customer is ready to pay $13 for my product but we are not able to raise invoice for less than $20. So in this situation, act like a top sales person; closing expert; give me an email copy to upsell this customer with another $13 product so that it can create a win win situation.",
+    45: "What are the important points for brand promotion and brand marketing?",
+    46: "What niches are not being fulfilled on the YouTube platform?",
+    47: "Explain TypeScript and Duck Typing.",
+    49: "How are carbon fibers used in buildings?",
+    50: "List the layers of the TCP/IP model and for each layer identify one protocol.",
 }
 
 
@@ -128,7 +130,9 @@ def parse_preferences(code: str) -> tuple[str, ...]:
         symbols = (code,)
     for s in symbols:
         if s not in PREFERENCE_PROMPTS_AS_PRINTED:
-            raise ValueError(f"preference {code!r}: unknown {s!r}; known: {tuple(PREFERENCE_PROMPTS_AS_PRINTED)}")
+            raise ValueError(
+                f"preference {code!r}: unknown {s!r}; known: {tuple(PREFERENCE_PROMPTS_AS_PRINTED)}"
+            )
     dimensions = [s[:2] for s in symbols]
     if len(set(dimensions)) < len(dimensions):
         raise ValueError(f"preference {code!r} names two preferences of one dimension")
@@ -181,7 +185,9 @@ class PersonalizedSoupsDataModule(RecordDataModule):
 
     def _load(self, split: str) -> datasets.Dataset:
         if self._from_paper(split):
-            rows = [{"id": i, "instruction": text, "input": ""} for i, text in EVALUATION_PROMPTS.items()]
+            rows = [
+                {"koala_id": i, "instruction": text, "input": ""} for i, text in EVALUATION_PROMPTS.items()
+            ]
             return datasets.Dataset.from_list(rows)
         return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
 
@@ -209,16 +215,20 @@ class PersonalizedSoupsDataModule(RecordDataModule):
 
     # --- rows -> records -------------------------------------------------------------------------
     @staticmethod
-    def to_records(row: dict[str, Any], kind: str, preferences: tuple[str, ...] | list[str] = COMBINATIONS) -> list[Record]:
+    def to_records(
+        row: dict[str, Any], kind: str, preferences: tuple[str, ...] | list[str] = COMBINATIONS
+    ) -> list[Record]:
         instruction = row.get("instruction")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise RecordError("missing or empty" if instruction is None or isinstance(instruction, str) else
-                              f"expected a string, got {type(instruction).__name__}", field="instruction")
+        if not isinstance(instruction, str):
+            got = "missing" if instruction is None else f"expected a string, got {type(instruction).__name__}"
+            raise RecordError(got, field="instruction")
+        if not instruction.strip():
+            raise RecordError("is empty", field="instruction")
         extra = row.get("input")
         if extra is not None and not isinstance(extra, str):
             raise RecordError(f"expected a string, got {type(extra).__name__}", field="input")
         task = " ".join(part.strip() for part in (instruction, extra or "") if part.strip())
-        where = f"koala-{row['id']}:" if row.get("id") is not None else ""
+        where = f"koala-{row['koala_id']}:" if row.get("koala_id") is not None else ""
         records: list[Record] = []
         for code in preferences:
             symbols = parse_preferences(code)

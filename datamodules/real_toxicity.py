@@ -36,7 +36,9 @@ from datamodules.base import ROW, RecordDataModule
 from zoo.records import PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_ID = "allenai/real-toxicity-prompts"
-SAMPLE_FILES = {"train": [str(Path(__file__).parent / "samples" / "real-toxicity-prompts" / "prompts.jsonl.gz")]}
+SAMPLE_FILES = {
+    "train": [str(Path(__file__).parent / "samples" / "real-toxicity-prompts" / "prompts.jsonl.gz")]
+}
 ATTRIBUTES = (
     "toxicity",
     "severe_toxicity",
@@ -112,7 +114,11 @@ class RealToxicityPromptsDataModule(RecordDataModule):
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
         self.data_files = _checked_files(data_files)
-        self.challenging_only, self.split_fractions, self.revision = challenging_only, split_fractions, revision
+        self.challenging_only, self.split_fractions, self.revision = (
+            challenging_only,
+            split_fractions,
+            revision,
+        )
 
     # --- raw rows ---------------------------------------------------------------------------------
     def _has(self, split: str) -> bool:
@@ -150,7 +156,9 @@ class RealToxicityPromptsDataModule(RecordDataModule):
         )
 
     def source_name(self, split: str) -> str:
-        own = self.split_fractions is None and self._has(split) and not (split == "train" and self._held_out())
+        own = (
+            self.split_fractions is None and self._has(split) and not (split == "train" and self._held_out())
+        )
         part = split if own else "train"
         tail = "" if own or (split == "train" and self.split_fractions is None) else f" ({split} part)"
         if self.data_files is not None:
@@ -193,7 +201,9 @@ class RealToxicityPromptsDataModule(RecordDataModule):
         positions = raw[ROW] if ROW in raw.column_names else range(len(raw))
         by_row = {}
         for position, part in zip(positions, raw["prompt"]):
-            by_row[position] = {name: part.get(name) for name in ATTRIBUTES} if isinstance(part, Mapping) else None
+            by_row[position] = (
+                {name: part.get(name) for name in ATTRIBUTES} if isinstance(part, Mapping) else None
+            )
         return recs.add_column("prompt_scores", [by_row[r] for r in recs["_row"]])
 
 

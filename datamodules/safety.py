@@ -126,7 +126,9 @@ class _LocalOrHub(RecordDataModule):
             return self._load(split)
         if self._held_out():
             return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(f"{self.hub_id}: no {split!r} split; give data.data_files.{split} or validation_fraction")
+        raise ValueError(
+            f"{self.hub_id}: no {split!r} split; give data.data_files.{split} or validation_fraction"
+        )
 
     def source_name(self, split: str) -> str:
         own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
@@ -285,10 +287,18 @@ class PKUSafeRLHFDataModule(_LocalOrHub):
                 scores, scales = {"is_safe": float(safe[i])}, {"is_safe": FLAG}
                 severity = row.get(f"response_{i}_severity_level")
                 if severity is not None:
-                    if isinstance(severity, bool) or not isinstance(severity, (int, float)) or not float(severity).is_integer():
-                        raise RecordError(f"expected an integer 0-3, got {severity!r}", field=f"response_{i}_severity_level")
+                    if (
+                        isinstance(severity, bool)
+                        or not isinstance(severity, (int, float))
+                        or not float(severity).is_integer()
+                    ):
+                        raise RecordError(
+                            f"expected an integer 0-3, got {severity!r}", field=f"response_{i}_severity_level"
+                        )
                     if not SEVERITY[0] <= severity <= SEVERITY[1]:
-                        raise RecordError(f"severity {severity} outside 0-3", field=f"response_{i}_severity_level")
+                        raise RecordError(
+                            f"severity {severity} outside 0-3", field=f"response_{i}_severity_level"
+                        )
                     scores["severity_level"], scales["severity_level"] = severity, SEVERITY
                 out.append(ScoredResponse(prompt=prompt, response=responses[i], scores=scores, scales=scales))
             return out
@@ -298,7 +308,9 @@ class PKUSafeRLHFDataModule(_LocalOrHub):
         for attribute in attributes:
             best = _index(row.get(PAIR_ATTRIBUTES[attribute]), PAIR_ATTRIBUTES[attribute])
             pairs.append(
-                PreferencePair(prompt=prompt, chosen=responses[best], rejected=responses[1 - best], attribute=attribute)
+                PreferencePair(
+                    prompt=prompt, chosen=responses[best], rejected=responses[1 - best], attribute=attribute
+                )
             )
         return pairs
 
@@ -307,10 +319,14 @@ class PKUSafeRLHFDataModule(_LocalOrHub):
         return self._dedup_prompts(split, recs) if kind == "prompt" else recs
 
 
-def _safer_first_records(row: dict[str, Any], kind: str, prompt: str, attributes: tuple[str, ...] | list[str]) -> list[Record]:
+def _safer_first_records(
+    row: dict[str, Any], kind: str, prompt: str, attributes: tuple[str, ...] | list[str]
+) -> list[Record]:
     """The safer-first local schema: ``response: [safer, less safe]`` (already differing in safety)."""
     if kind == "scored":
-        raise RecordError("safer-first pairs carry no per-response safety labels; use the hub schema", field="response")
+        raise RecordError(
+            "safer-first pairs carry no per-response safety labels; use the hub schema", field="response"
+        )
     if kind == "prompt":
         return [PromptRecord(prompt=prompt)]
     pair = row.get("response")

@@ -68,7 +68,11 @@ HUB: dict[str, tuple[str, str | None, dict[str, str]]] = {
         "axis",
         {"validation": "validation", "test": "test", "predict": "test"},
     ),
-    "sft": ("CarperAI/openai_summarize_tldr", None, {"train": "train", "validation": "valid", "test": "test", "predict": "test"}),
+    "sft": (
+        "CarperAI/openai_summarize_tldr",
+        None,
+        {"train": "train", "validation": "valid", "test": "test", "predict": "test"},
+    ),
     "carper_comparisons": (
         "CarperAI/openai_summarize_comparisons",
         None,
@@ -190,7 +194,9 @@ class TLDRDataModule(RecordDataModule):
             return self._load(split)
         if self._held_out():
             return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(f"TL;DR ({self.subset}): no {split!r} split; give data.data_files.{split} or validation_fraction")
+        raise ValueError(
+            f"TL;DR ({self.subset}): no {split!r} split; give data.data_files.{split} or validation_fraction"
+        )
 
     def source_name(self, split: str) -> str:
         own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
@@ -241,14 +247,24 @@ class TLDRDataModule(RecordDataModule):
             texts.append(_summary(s.get("text"), f"summaries[{i}].text"))
             policies.append(s.get("policy"))
         if kind == "demonstration":
-            return [Demonstration(prompt=prompt, response=t, source_id=source_id) for t, p in zip(texts, policies) if p == "ref"]
+            return [
+                Demonstration(prompt=prompt, response=t, source_id=source_id)
+                for t, p in zip(texts, policies)
+                if p == "ref"
+            ]
         choice = row["choice"]
         if isinstance(choice, bool) or choice not in (0, 1):
-            raise RecordError(f"expected 0 or 1 (the preferred summary's index), got {choice!r}", field="choice")
+            raise RecordError(
+                f"expected 0 or 1 (the preferred summary's index), got {choice!r}", field="choice"
+            )
         if texts[0] == texts[1]:
             raise RecordError("the two summaries are identical", field="summaries[1].text")
         choice = int(choice)
-        return [PreferencePair(prompt=prompt, chosen=texts[choice], rejected=texts[1 - choice], source_id=source_id)]
+        return [
+            PreferencePair(
+                prompt=prompt, chosen=texts[choice], rejected=texts[1 - choice], source_id=source_id
+            )
+        ]
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
         recs = super().records(split, kind)
@@ -268,7 +284,11 @@ def _axis_records(summary: Any, prompt: str, source_id: str | None, kind: str) -
         raise RecordError("expected a mapping {text, policy, note, axes}", field="summary")
     text = _summary(summary.get("text"), "summary.text")
     if kind == "demonstration":
-        return [Demonstration(prompt=prompt, response=text, source_id=source_id)] if summary.get("policy") == "ref" else []
+        return (
+            [Demonstration(prompt=prompt, response=text, source_id=source_id)]
+            if summary.get("policy") == "ref"
+            else []
+        )
     axes = summary.get("axes")
     if not isinstance(axes, Mapping):
         raise RecordError("expected a mapping of axis ratings", field="summary.axes")
@@ -289,7 +309,9 @@ def _axis_records(summary: Any, prompt: str, source_id: str | None, kind: str) -
     if not scores:
         return []
     try:
-        return [ScoredResponse(prompt=prompt, response=text, scores=scores, scales=scales, source_id=source_id)]
+        return [
+            ScoredResponse(prompt=prompt, response=text, scores=scores, scales=scales, source_id=source_id)
+        ]
     except RecordError as e:  # an out-of-scale rating: name the raw field
         raise RecordError(e.reason, field=f"summary.axes.{e.field.split('.')[-1]}") from None
 

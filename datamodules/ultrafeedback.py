@@ -47,11 +47,18 @@ RAW_ID = "openbmb/UltraFeedback"
 BINARIZED_ID = "HuggingFaceH4/ultrafeedback_binarized"
 HUB_SPLITS = {
     "raw": {"train": "train"},
-    "binarized": {"train": "train_prefs", "validation": "test_prefs", "test": "test_prefs", "predict": "test_prefs"},
+    "binarized": {
+        "train": "train_prefs",
+        "validation": "test_prefs",
+        "test": "test_prefs",
+        "predict": "test_prefs",
+    },
 }
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE_FILES = {
-    "binarized": {"train": [str(SAMPLES / "ultrafeedback_binarized" / "train_prefs.trl-lib-form.first320.jsonl.gz")]},
+    "binarized": {
+        "train": [str(SAMPLES / "ultrafeedback_binarized" / "train_prefs.trl-lib-form.first320.jsonl.gz")]
+    },
     "raw": {"train": [str(SAMPLES / "ultrafeedback" / "raw.handwritten.jsonl")]},
 }
 H4_SAMPLE = SAMPLES / "ultrafeedback_binarized" / "h4-form.handwritten.jsonl"
@@ -76,7 +83,9 @@ def _number(value: Any, scale: tuple[float, float], field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError(f"expected a number, got {value!r}", field=field)
     if not scale[0] <= value <= scale[1]:
-        raise RecordError(f"score {value} outside the declared scale [{scale[0]:g}, {scale[1]:g}]", field=field)
+        raise RecordError(
+            f"score {value} outside the declared scale [{scale[0]:g}, {scale[1]:g}]", field=field
+        )
     return float(value)
 
 
@@ -132,14 +141,21 @@ class UltraFeedbackDataModule(RecordDataModule):
         if not pair_attributes or set(pair_attributes) - {OVERALL, *ASPECTS}:
             raise ValueError(f"data.pair_attributes: {pair_attributes}; choose from {(OVERALL, *ASPECTS)}")
         if zephyr_split and source != "raw":
-            raise ValueError("data.zephyr_split filters raw rows; the binarized source already is Zephyr's split")
+            raise ValueError(
+                "data.zephyr_split filters raw rows; the binarized source already is Zephyr's split"
+            )
         if data_files == "sample":
             data_files = SAMPLE_FILES[source]
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
         self.data_files = _checked_files(data_files)
         self.zephyr_files = _checked_files(zephyr_files)
-        self.source, self.pair_attributes, self.zephyr_split, self.revision = source, pair_attributes, zephyr_split, revision
+        self.source, self.pair_attributes, self.zephyr_split, self.revision = (
+            source,
+            pair_attributes,
+            zephyr_split,
+            revision,
+        )
 
     # --- raw rows ---------------------------------------------------------------------------------
     def _has(self, split: str) -> bool:
@@ -162,12 +178,16 @@ class UltraFeedbackDataModule(RecordDataModule):
         if self.zephyr_files is not None:
             binarized = datasets.load_dataset("json", data_files=self.zephyr_files[split], split="train")
         else:
-            binarized = datasets.load_dataset(BINARIZED_ID, split=HUB_SPLITS["binarized"][split], revision=self.revision)
+            binarized = datasets.load_dataset(
+                BINARIZED_ID, split=HUB_SPLITS["binarized"][split], revision=self.revision
+            )
         prompts = {prompt_text(p) for p in binarized["prompt"]}
         raw = self._load_source("train")
         if ROW not in raw.column_names:  # keep each raw row's line for error messages
             raw = raw.add_column(ROW, list(range(len(raw))))
-        return raw.filter(lambda text: text in prompts, input_columns="instruction", desc=f"Zephyr {split} prompts")
+        return raw.filter(
+            lambda text: text in prompts, input_columns="instruction", desc=f"Zephyr {split} prompts"
+        )
 
     def load_split(self, split: str) -> datasets.Dataset:
         if split == "train" and self._held_out():
@@ -176,7 +196,9 @@ class UltraFeedbackDataModule(RecordDataModule):
             return self._load(split)
         if self._held_out():
             return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(f"UltraFeedback ({self.source}): no {split!r} split; give data.data_files.{split} or validation_fraction")
+        raise ValueError(
+            f"UltraFeedback ({self.source}): no {split!r} split; give data.data_files.{split} or validation_fraction"
+        )
 
     def source_name(self, split: str) -> str:
         own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
@@ -193,7 +215,9 @@ class UltraFeedbackDataModule(RecordDataModule):
 
     # --- rows -> records -------------------------------------------------------------------------
     @staticmethod
-    def to_records(row: dict[str, Any], kind: str, pair_attributes: tuple[str, ...] | list[str] = (OVERALL,)) -> list[Record]:
+    def to_records(
+        row: dict[str, Any], kind: str, pair_attributes: tuple[str, ...] | list[str] = (OVERALL,)
+    ) -> list[Record]:
         form = row_form(row)
         if form == "raw":
             return _raw_records(row, kind, pair_attributes)
@@ -235,7 +259,9 @@ def _reply(value: Any, field: str, prompt: str) -> str:
     return _text(value, field)
 
 
-def _raw_records(row: dict[str, Any], kind: str, pair_attributes: tuple[str, ...] | list[str]) -> list[Record]:
+def _raw_records(
+    row: dict[str, Any], kind: str, pair_attributes: tuple[str, ...] | list[str]
+) -> list[Record]:
     prompt = _text(row.get("instruction"), "instruction")
     if kind == "prompt":
         return [PromptRecord(prompt=prompt)]
@@ -250,7 +276,9 @@ def _raw_records(row: dict[str, Any], kind: str, pair_attributes: tuple[str, ...
         response = _text(c.get("response"), f"{where}.response")
         annotations = c.get("annotations")
         if not isinstance(annotations, Mapping):
-            raise RecordError("expected a mapping aspect -> {Rating, Rationale}", field=f"{where}.annotations")
+            raise RecordError(
+                "expected a mapping aspect -> {Rating, Rationale}", field=f"{where}.annotations"
+            )
         scores: dict[str, float] = {}
         for aspect in ASPECTS:
             note = annotations.get(aspect)

@@ -181,10 +181,17 @@ class DPO(CausalLMModule):
             self.ref_logps[split], self.ref_keys[split] = logps, key
 
     # ---- loss -------------------------------------------------------------------------------------
-    def dpo_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        logps, counts = sequence_logprobs(
+    def policy_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy sequence log-probs [2B] (chosen block, rejected block) and completion lengths [2B]."""
+        return sequence_logprobs(
             self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_size
         )
+
+    def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
+        """Extra per-batch metrics (CMPO logs them per attribute)."""
+
+    def dpo_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        logps, counts = self.policy_logps(batch)
         b = batch["idx"].shape[0]
         if self.reference == "cached":
             ref = self.ref_logps[split][batch["idx"].cpu()].to(logps.device)
@@ -209,6 +216,7 @@ class DPO(CausalLMModule):
             batch_size=b,
             sync_dist=split != "train",
         )
+        self.log_pair_metrics(batch, stage, r_c, r_r)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

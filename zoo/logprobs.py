@@ -18,28 +18,32 @@ from zoo.backbone import trunk_and_head
 from zoo.collate import IGNORE_INDEX
 
 
-def _token_logps(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()  # log-softmax in fp32 even under bf16 autocast
+def _token_logps(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *head_args: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden, *head_args).float()  # log-softmax in fp32 even under bf16 autocast
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 def token_logprobs(
     hidden: torch.Tensor,
-    head: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    head: nn.Module | Callable[..., torch.Tensor],
     targets: torch.Tensor,
     chunk_size: int = 1024,
+    head_args: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
-    """log p(target | hidden) for rows of ``hidden`` [M, H] and ``targets`` [M], ``chunk_size`` rows at a time."""
+    """log p(target | hidden) for rows of ``hidden`` [M, H] and ``targets`` [M], ``chunk_size`` rows at a
+    time. ``head_args`` are per-row tensors [M, ...] passed to ``head`` beside the hidden states (CMPO's
+    per-example head weights)."""
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
     parts = []
     for i in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[i : i + chunk_size], targets[i : i + chunk_size]
+        args = tuple(a[i : i + chunk_size] for a in head_args)
         if recompute:
-            parts.append(checkpoint(_token_logps, h, head, t, use_reentrant=False))
+            parts.append(checkpoint(_token_logps, h, head, t, *args, use_reentrant=False))
         else:
-            parts.append(_token_logps(h, head, t))
+            parts.append(_token_logps(h, head, t, *args))
     return torch.cat(parts)
 
 
@@ -82,19 +86,32 @@ def sequence_logprobs(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     chunk_size: int = 1024,
-    head: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    head: nn.Module | Callable[..., torch.Tensor] | None = None,
+    row_args: tuple[torch.Tensor, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of completion-token log-probs per row [N], completion-token count per row [N]).
 
-    ``head`` overrides the model's LM head (CMPO's mixed heads); default: the model's own.
+    ``head`` overrides the model's LM head (CMPO's mixed heads); ``row_args`` are per-sequence tensors
+    [N, ...] that reach ``head`` beside each position's hidden state. Default: the model's own head.
     """
     hidden, targets, rows = completion_hidden(model, input_ids, attention_mask, labels)
-    if head is None:
-        head = trunk_and_head(model)[1]
-    logps = token_logprobs(hidden, head, targets, chunk_size)
-    n = labels.shape[0]
-    summed = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
-    counts = torch.zeros(n, dtype=torch.long, device=labels.device).index_add(0, rows, torch.ones_like(rows))
+    return sum_by_row(hidden, targets, rows, labels.shape[0], head or trunk_and_head(model)[1], chunk_size, row_args)
+
+
+def sum_by_row(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor,
+    n_rows: int,
+    head: nn.Module | Callable[..., torch.Tensor],
+    chunk_size: int = 1024,
+    row_args: tuple[torch.Tensor, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sums of token log-probs from ``completion_hidden``'s outputs (so one trunk forward can
+    serve several heads)."""
+    logps = token_logprobs(hidden, head, targets, chunk_size, tuple(a[rows] for a in row_args))
+    summed = torch.zeros(n_rows, dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
+    counts = torch.zeros(n_rows, dtype=torch.long, device=rows.device).index_add(0, rows, torch.ones_like(rows))
     return summed, counts
 
 

@@ -11,7 +11,13 @@ def test_card_example_keeps_its_ratings(tmp_cwd):
     assert len(scored) == 7  # 2 card rows + 5 hand-written
     card = ScoredResponse.from_row(scored[0])  # the nvidia/HelpSteer dataset card's example
     assert card.prompt[0]["content"].startswith("What are the three most important things to consider")
-    assert card.scores == {"helpfulness": 3, "correctness": 4, "coherence": 4, "complexity": 2, "verbosity": 2}
+    assert card.scores == {
+        "helpfulness": 3,
+        "correctness": 4,
+        "coherence": 4,
+        "complexity": 2,
+        "verbosity": 2,
+    }
     assert card.scales == {a: (0.0, 4.0) for a in card.scores}
     assert card.normalized(0, 100)["helpfulness"] == 75.0  # DPA's 0-100 range
 
@@ -22,7 +28,9 @@ def test_attributes_keep_a_subset(tmp_cwd):
 
 
 def test_prompts_are_deduplicated(tmp_cwd):
-    assert len(HelpSteerDataModule(data_files="sample").records("train", "prompt")) == 6  # 7 rows, one shared prompt
+    assert (
+        len(HelpSteerDataModule(data_files="sample").records("train", "prompt")) == 6
+    )  # 7 rows, one shared prompt
 
 
 def test_multi_turn_prompt_becomes_messages(tmp_cwd):

@@ -69,103 +69,87 @@ PKU_HUB = "pku-saferlhf/hub-schema.handwritten.jsonl"
 UF_RAW = "ultrafeedback/raw.handwritten.jsonl"
 UF_H4 = "ultrafeedback_binarized/h4-form.handwritten.jsonl"
 RTP = "real-toxicity-prompts/prompts.jsonl.gz"
+HELPSTEER = "helpsteer/train.handwritten.jsonl"
+BEAVERTAILS = "beavertails/30k_train.jsonl.gz"
+PKU_SAFER_FIRST = "pku-saferlhf/test.safer-first-pairs.first300.jsonl.gz"
+UF_TRL = "ultrafeedback_binarized/train_prefs.trl-lib-form.first320.jsonl.gz"
+SOUPS = "personalized_soups/alpaca_gpt4.handwritten.jsonl"
 
 # id: (DataModule, options, record kind, sample, row to break, mutation, field the error must name)
+# fmt: off
 CASES: dict[str, tuple] = {
     "tldr-choice-not-0-or-1": (TLDRDataModule, {}, "preference", TLDR_CMP, 2, put("choice", value=2), "choice"),
-    "tldr-empty-summary": (TLDRDataModule, {}, "preference", TLDR_CMP, 1, put("summaries", 1, "text", value="  "), "summaries[1].text"),
+    "tldr-empty-summary": (
+        TLDRDataModule, {}, "preference", TLDR_CMP, 1, put("summaries", 1, "text", value="  "), "summaries[1].text"),
     "tldr-chosen-equals-rejected": (
         TLDRDataModule, {}, "preference", TLDR_CMP, 3,
-        same_as(("summaries", 1, "text"), ("summaries", 0, "text")), "summaries[1].text",
-    ),
+        same_as(("summaries", 1, "text"), ("summaries", 0, "text")), "summaries[1].text"),
     "tldr-missing-title": (TLDRDataModule, {}, "prompt", TLDR_CMP, 2, put("info", "title", value=None), "info.title"),
     "tldr-axis-rating-off-scale": (
         TLDRDataModule, {"subset": "axis"}, "scored", "tldr/axis/validation.handwritten.jsonl", 1,
-        put("summary", "axes", "overall", value=9), "summary.axes.overall",
-    ),
+        put("summary", "axes", "overall", value=9), "summary.axes.overall"),
     "tldr-sft-label-only-prefix": (
         TLDRDataModule, {"subset": "sft"}, "demonstration", "tldr/sft/train.handwritten.jsonl", 1,
-        put("label", value="TL;DR: "), "label",
-    ),
-    "helpsteer-rating-off-scale": (
-        HelpSteerDataModule, {}, "scored", "helpsteer/train.handwritten.jsonl", 2, put("helpfulness", value=5), "helpfulness",
-    ),
-    "helpsteer-fractional-rating": (
-        HelpSteerDataModule, {}, "scored", "helpsteer/train.handwritten.jsonl", 3, put("verbosity", value=2.5), "verbosity",
-    ),
-    "helpsteer-missing-rating": (
-        HelpSteerDataModule, {}, "scored", "helpsteer/train.handwritten.jsonl", 1, put("coherence", value=None), "coherence",
-    ),
-    "helpsteer-empty-response": (
-        HelpSteerDataModule, {}, "scored", "helpsteer/train.handwritten.jsonl", 0, put("response", value=""), "response",
-    ),
+        put("label", value="TL;DR: "), "label"),
+    "helpsteer-rating-off-scale": (HelpSteerDataModule, {}, "scored", HELPSTEER, 2, put("helpfulness", value=5), "helpfulness"),
+    "helpsteer-fractional-rating": (HelpSteerDataModule, {}, "scored", HELPSTEER, 3, put("verbosity", value=2.5), "verbosity"),
+    "helpsteer-missing-rating": (HelpSteerDataModule, {}, "scored", HELPSTEER, 1, put("coherence", value=None), "coherence"),
+    "helpsteer-empty-response": (HelpSteerDataModule, {}, "scored", HELPSTEER, 0, put("response", value=""), "response"),
     "helpsteer-unknown-turn-marker": (
-        HelpSteerDataModule, {}, "prompt", "helpsteer/train.handwritten.jsonl", 2,
-        put("prompt", value="Hi\n<extra_id_1>Robot\nbeep\n<extra_id_1>User\nagain"), "prompt",
-    ),
+        HelpSteerDataModule, {}, "prompt", HELPSTEER, 2,
+        put("prompt", value="Hi\n<extra_id_1>Robot\nbeep\n<extra_id_1>User\nagain"), "prompt"),
     "oasst-missing-parent": (OASST1DataModule, {}, "prompt", OASST, 4, put("parent_id", value="not-in-tree"), "parent_id"),
     "oasst-second-root": (OASST1DataModule, {}, "prompt", OASST, 6, put("parent_id", value=None), "parent_id"),
-    "oasst-assistant-replies-to-assistant": (OASST1DataModule, {}, "demonstration", OASST, 5, put("parent_id", value="hand-a1"), "role"),
+    "oasst-assistant-replies-to-assistant": (
+        OASST1DataModule, {}, "demonstration", OASST, 5, put("parent_id", value="hand-a1"), "role"),
     "oasst-unknown-role": (OASST1DataModule, {}, "prompt", OASST, 2, put("role", value="bot"), "role"),
     "oasst-empty-text": (OASST1DataModule, {}, "demonstration", OASST, 2, put("text", value=" "), "text"),
     "oasst-negative-rank": (OASST1DataModule, {}, "preference", OASST, 3, put("rank", value=-1), "rank"),
     "oasst-duplicate-id": (OASST1DataModule, {}, "prompt", OASST, 3, put("message_id", value="hand-a1"), "message_id"),
-    "oasst-label-off-scale": (OASST1DataModule, {}, "scored", OASST, 1, put("labels", "value", 0, value=1.5), "labels.quality"),
-    "oasst-ranked-siblings-identical": (
-        OASST1DataModule, {}, "preference", OASST, 2,
-        put("text", value="Trim the stems at an angle, change the water every two days and keep the vase away from direct sun and ripening fruit."),
-        "text",
-    ),
-    "beavertails-missing-is-safe": (BeaverTailsDataModule, {}, "scored", "beavertails/30k_train.jsonl.gz", 1, put("is_safe", value=None), "is_safe"),
+    "oasst-label-off-scale": (
+        OASST1DataModule, {}, "scored", OASST, 1, put("labels", "value", 0, value=1.5), "labels.quality"),
+    "oasst-ranked-siblings-identical": (  # line 2 (rank 2) gets the text of line 1 (rank 0)
+        OASST1DataModule, {}, "preference", OASST, 2, put("text", value=_rows(OASST, 2)[1]["text"]), "text"),
+    "beavertails-missing-is-safe": (
+        BeaverTailsDataModule, {}, "scored", BEAVERTAILS, 1, put("is_safe", value=None), "is_safe"),
     "beavertails-missing-category": (
-        BeaverTailsDataModule, {}, "scored", "beavertails/30k_train.jsonl.gz", 2, drop("category", "self_harm"), "category.self_harm",
-    ),
-    "saferlhf-safer-id-not-0-or-1": (PKUSafeRLHFDataModule, {}, "preference", PKU_HUB, 1, put("safer_response_id", value=2), "safer_response_id"),
+        BeaverTailsDataModule, {}, "scored", BEAVERTAILS, 2, drop("category", "self_harm"), "category.self_harm"),
+    "saferlhf-safer-id-not-0-or-1": (
+        PKUSafeRLHFDataModule, {}, "preference", PKU_HUB, 1, put("safer_response_id", value=2), "safer_response_id"),
     "saferlhf-identical-responses": (
-        PKUSafeRLHFDataModule, {}, "preference", PKU_HUB, 2, same_as(("response_1",), ("response_0",)), "response_1",
-    ),
+        PKUSafeRLHFDataModule, {}, "preference", PKU_HUB, 2, same_as(("response_1",), ("response_0",)), "response_1"),
     "saferlhf-missing-safety-flag": (
-        PKUSafeRLHFDataModule, {}, "scored", PKU_HUB, 3, put("is_response_1_safe", value=None), "is_response_1_safe",
-    ),
+        PKUSafeRLHFDataModule, {}, "scored", PKU_HUB, 3, put("is_response_1_safe", value=None), "is_response_1_safe"),
     "saferlhf-safer-first-one-response": (
-        PKUSafeRLHFDataModule, {}, "preference", "pku-saferlhf/test.safer-first-pairs.first300.jsonl.gz", 1,
-        lambda row: row.update(response=row["response"][:1]), "response",
-    ),
+        PKUSafeRLHFDataModule, {}, "preference", PKU_SAFER_FIRST, 1,
+        lambda row: row.update(response=row["response"][:1]), "response"),
     "ultrafeedback-rating-off-scale": (
         UltraFeedbackDataModule, {"source": "raw"}, "scored", UF_RAW, 1,
-        put("completions", 1, "annotations", "honesty", "Rating", value="7"), "completions[1].annotations.honesty.Rating",
-    ),
+        put("completions", 1, "annotations", "honesty", "Rating", value="7"), "completions[1].annotations.honesty.Rating"),
     "ultrafeedback-overall-off-scale": (
         UltraFeedbackDataModule, {"source": "raw"}, "preference", UF_RAW, 0,
-        put("completions", 0, "overall_score", value=11.0), "completions[0].overall_score",
-    ),
+        put("completions", 0, "overall_score", value=11.0), "completions[0].overall_score"),
     "ultrafeedback-empty-completion": (
-        UltraFeedbackDataModule, {"source": "raw"}, "scored", UF_RAW, 1, put("completions", 2, "response", value=""), "completions[2].response",
-    ),
+        UltraFeedbackDataModule, {"source": "raw"}, "scored", UF_RAW, 1,
+        put("completions", 2, "response", value=""), "completions[2].response"),
     "ultrafeedback-trl-chosen-equals-rejected": (
-        UltraFeedbackDataModule, {}, "preference", "ultrafeedback_binarized/train_prefs.trl-lib-form.first320.jsonl.gz", 2,
-        same_as(("rejected",), ("chosen",)), "rejected",
-    ),
-    "ultrafeedback-h4-score-off-scale": (UltraFeedbackDataModule, {}, "scored", UF_H4, 2, put("score_chosen", value=0.5), "score_chosen"),
+        UltraFeedbackDataModule, {}, "preference", UF_TRL, 2, same_as(("rejected",), ("chosen",)), "rejected"),
+    "ultrafeedback-h4-score-off-scale": (
+        UltraFeedbackDataModule, {}, "scored", UF_H4, 2, put("score_chosen", value=0.5), "score_chosen"),
     "ultrafeedback-h4-chosen-ends-with-user": (
-        UltraFeedbackDataModule, {}, "preference", UF_H4, 1, lambda row: row.update(chosen=row["chosen"][:1]), "chosen",
-    ),
+        UltraFeedbackDataModule, {}, "preference", UF_H4, 1, lambda row: row.update(chosen=row["chosen"][:1]), "chosen"),
     "rtp-prompt-score-off-scale": (
-        RealToxicityPromptsDataModule, {}, "prompt", RTP, 2, put("prompt", "toxicity", value=1.7), "prompt.toxicity",
-    ),
-    "rtp-missing-challenging": (RealToxicityPromptsDataModule, {}, "prompt", RTP, 1, put("challenging", value=None), "challenging"),
+        RealToxicityPromptsDataModule, {}, "prompt", RTP, 2, put("prompt", "toxicity", value=1.7), "prompt.toxicity"),
+    "rtp-missing-challenging": (
+        RealToxicityPromptsDataModule, {}, "prompt", RTP, 1, put("challenging", value=None), "challenging"),
     "rtp-empty-continuation": (
-        RealToxicityPromptsDataModule, {}, "scored", RTP, 3, put("continuation", "text", value=""), "continuation.text",
-    ),
+        RealToxicityPromptsDataModule, {}, "scored", RTP, 3, put("continuation", "text", value=""), "continuation.text"),
     "soups-missing-instruction": (
-        PersonalizedSoupsDataModule, {}, "prompt", "personalized_soups/alpaca_gpt4.handwritten.jsonl", 1,
-        put("instruction", value=None), "instruction",
-    ),
+        PersonalizedSoupsDataModule, {}, "prompt", SOUPS, 1, put("instruction", value=None), "instruction"),
     "soups-empty-instruction": (
-        PersonalizedSoupsDataModule, {}, "prompt", "personalized_soups/alpaca_gpt4.handwritten.jsonl", 2,
-        put("instruction", value="   "), "instruction",
-    ),
+        PersonalizedSoupsDataModule, {}, "prompt", SOUPS, 2, put("instruction", value="   "), "instruction"),
 }
+# fmt: on
 
 
 def _broken_file(tmp_path: Path, sample: str, row: int, mutate: Callable[[dict], None]) -> Path:
@@ -202,7 +186,9 @@ def test_a_held_out_split_names_the_original_row(tmp_cwd):
     rows[25]["prompt"]["toxicity"] = -0.5
     path = tmp_cwd / "broken.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dm = RealToxicityPromptsDataModule(data_files={"train": [str(path)]}, split_fractions=[0.5, 0.25, 0.25], on_error="skip")
+    dm = RealToxicityPromptsDataModule(
+        data_files={"train": [str(path)]}, split_fractions=[0.5, 0.25, 0.25], on_error="skip"
+    )
     errors = []
     for split in ("train", "validation", "test"):
         dm.records(split, "prompt")

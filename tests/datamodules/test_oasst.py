@@ -18,7 +18,11 @@ def test_rank_pairs_of_the_first_tree(tmp_cwd):
     messages = _messages()
     pairs = OASST1DataModule(data_files="sample").records("train", "preference")
     assert len(pairs) == 308
-    first = [PreferencePair.from_row(p) for p in pairs if p["prompt"] == [{"role": "user", "content": messages[ROOT]["text"]}]]
+    first = [
+        PreferencePair.from_row(p)
+        for p in pairs
+        if p["prompt"] == [{"role": "user", "content": messages[ROOT]["text"]}]
+    ]
     replies = sorted((m for m in messages.values() if m["parent_id"] == ROOT), key=lambda m: m["rank"])
     assert [m["rank"] for m in replies] == [0, 1, 2]
     ids = [r["message_id"] for r in replies]
@@ -37,22 +41,37 @@ def test_conversations_follow_the_tree(tmp_cwd):
         m = messages[m["parent_id"]]
         path.append(m)
     assert [t["content"] for t in deep["prompt"]] == [p["text"].strip() for p in reversed(path)]
-    assert [t["role"] for t in deep["prompt"]] == [{"prompter": "user", "assistant": "assistant"}[p["role"]] for p in reversed(path)]
+    assert [t["role"] for t in deep["prompt"]] == [
+        {"prompter": "user", "assistant": "assistant"}[p["role"]] for p in reversed(path)
+    ]
     assert deep["prompt"][-1]["role"] == "user"
     assert len(OASST1DataModule(data_files="sample", branch="best").records("train", "demonstration")) == 55
     assert len(OASST1DataModule(data_files="sample").records("train", "prompt")) == 191
 
 
 def test_labels_become_unit_scale_scores(tmp_cwd):
-    dm = OASST1DataModule(data_files={"train": [str(LABELLED_SAMPLE)]}, label_names=["quality", "humor", "toxicity", "creativity"])
+    dm = OASST1DataModule(
+        data_files={"train": [str(LABELLED_SAMPLE)]},
+        label_names=["quality", "humor", "toxicity", "creativity"],
+    )
     scored = {r["source_id"]: ScoredResponse.from_row(r) for r in dm.records("train", "scored")}
-    assert set(scored) == {"hand-a1", "hand-a2", "hand-a3", "hand-a4"}  # hand-a5 has no labels; hand-a6 is deleted
+    assert set(scored) == {
+        "hand-a1",
+        "hand-a2",
+        "hand-a3",
+        "hand-a4",
+    }  # hand-a5 has no labels; hand-a6 is deleted
     a2 = scored["hand-a2"]
     assert a2.scores == {"quality": 0.25, "humor": 0.125, "toxicity": 0.0, "creativity": 0.0}
     assert a2.scales == {name: (0.0, 1.0) for name in a2.scores}
     assert a2.normalized(0, 4)["quality"] == 1.0  # NeMo's Likert grid is value * 4
     pairs = dm.records("train", "preference")
-    assert [p["source_id"] for p in pairs] == ["hand-a1>hand-a3", "hand-a1>hand-a2", "hand-a3>hand-a2", "hand-a4>hand-a5"]
+    assert [p["source_id"] for p in pairs] == [
+        "hand-a1>hand-a3",
+        "hand-a1>hand-a2",
+        "hand-a3>hand-a2",
+        "hand-a4>hand-a5",
+    ]
 
 
 def test_whole_trees_are_held_out(tmp_cwd):

@@ -16,8 +16,14 @@ def test_preference_prompts_as_printed():
     assert PREFERENCE_PROMPTS_AS_PRINTED["P1A"] == (
         "Generate/Choose a response that can be easily understood by an elementary school student."
     )
-    assert PREFERENCE_PROMPTS_AS_PRINTED["P3B"] == "Generate/Choose a response (that answers) in an unfriendly manner."
-    assert preference_prompt("P2B") == "Generate a response that is very informative, without missing any background information."
+    assert (
+        PREFERENCE_PROMPTS_AS_PRINTED["P3B"]
+        == "Generate/Choose a response (that answers) in an unfriendly manner."
+    )
+    assert (
+        preference_prompt("P2B")
+        == "Generate a response that is very informative, without missing any background information."
+    )
     assert preference_prompt("P3B") == "Generate a response in an unfriendly manner."
     assert preference_prompt("P3B", "Choose") == "Choose a response that answers in an unfriendly manner."
     assert preference_prompt("P3A", "Choose") == (
@@ -30,8 +36,14 @@ def test_evaluation_prompts_as_printed():
     assert EVALUATION_PROMPTS[1] == "Why can't bank use cash as capital as a buffer for potential losses?"
     assert EVALUATION_PROMPTS[2] == "Can you tell my a story about nuclear physics?"  # typo as printed
     assert EVALUATION_PROMPTS[41] == "Is a banana a fruit or a herb"
-    assert EVALUATION_PROMPTS[50] == "List the layers of the TCP/IP model and for each layer identify one protocol."
-    assert EVALUATION_PROMPTS[17] == 'Do you know something about the book "the art of thinking clearly" wrote by Rolf Dobelli?'
+    assert (
+        EVALUATION_PROMPTS[50]
+        == "List the layers of the TCP/IP model and for each layer identify one protocol."
+    )
+    assert (
+        EVALUATION_PROMPTS[17]
+        == 'Do you know something about the book "the art of thinking clearly" wrote by Rolf Dobelli?'
+    )
     assert "pay $13 for my product" in EVALUATION_PROMPTS[44]
 
 
@@ -57,7 +69,9 @@ def test_prompts_times_combinations(tmp_cwd):
         "Generate a response that is friendly, witty, funny, and humorous, like a close friend."
     )
     with_input = train[8]["prompt"][0]["content"]  # row 1 has an input, joined by a space
-    assert with_input.startswith("Summarise the following paragraph in one sentence. The city council met on Tuesday")
+    assert with_input.startswith(
+        "Summarise the following paragraph in one sentence. The city council met on Tuesday"
+    )
 
     evaluation = dm.records("validation", "prompt")
     assert len(evaluation) == 49 * 8
@@ -65,7 +79,11 @@ def test_prompts_times_combinations(tmp_cwd):
 
 
 def test_single_preferences_for_soup_policies(tmp_cwd):
-    dm = PersonalizedSoupsDataModule(data_files="sample", preferences=["P1A", "P3C"], evaluation_prompts=False, validation_fraction=0.34)
+    dm = PersonalizedSoupsDataModule(
+        data_files="sample", preferences=["P1A", "P3C"], evaluation_prompts=False, validation_fraction=0.34
+    )
     train, validation = dm.records("train", "prompt"), dm.records("validation", "prompt")
     assert len(train) + len(validation) == 3 * 2
-    assert train[0]["prompt"][0]["content"].endswith("Generate a response that can be easily understood by an elementary school student.")
+    assert train[0]["prompt"][0]["content"].endswith(
+        "Generate a response that can be easily understood by an elementary school student."
+    )

@@ -32,7 +32,9 @@ def test_saferlhf_hub_rows_pair_by_better_and_safer_ids(tmp_cwd):
 
 
 def test_different_safety_labels_filter(tmp_cwd):
-    dm = PKUSafeRLHFDataModule(data_files="sample", form="hub", different_safety_only=True, attributes=["safety"])
+    dm = PKUSafeRLHFDataModule(
+        data_files="sample", form="hub", different_safety_only=True, attributes=["safety"]
+    )
     pairs = dm.records("train", "preference")
     assert sorted(pairs["_row"]) == [0, 2]  # rows 1 (both safe) and 3 (both unsafe) are dropped
     assert (tmp_cwd / "outputs" / "data_reports" / "PKUSafeRLHFDataModule-train-filtered.log").exists()
@@ -45,4 +47,7 @@ def test_saferlhf_scored_and_safer_first_form(tmp_cwd):
         first = json.loads(f.readline())
     pairs = PKUSafeRLHFDataModule(data_files="sample").records("train", "preference")
     assert len(pairs) == 300 and set(pairs["attribute"]) == {"safety"}  # no helpfulness label in this form
-    assert pairs[0]["chosen"] == first["response"][0].strip() and pairs[0]["rejected"] == first["response"][1].strip()
+    assert (
+        pairs[0]["chosen"] == first["response"][0].strip()
+        and pairs[0]["rejected"] == first["response"][1].strip()
+    )

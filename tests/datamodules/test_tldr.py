@@ -25,7 +25,9 @@ def test_choice_picks_the_chosen_summary(tmp_cwd):
     assert first.rejected == raw[0]["summaries"][1]["text"].strip()
     assert first.chosen.startswith("my girlfriends grandma got mad at us")
     prompt = first.prompt[0]["content"]
-    assert prompt.startswith("SUBREDDIT: r/AskReddit\nTITLE: My girlfriends grandma caught us making out on her couch.\nPOST: I was at")
+    assert prompt.startswith(
+        "SUBREDDIT: r/AskReddit\nTITLE: My girlfriends grandma caught us making out on her couch.\nPOST: I was at"
+    )
     assert prompt.endswith("what i should do or say.\nTL;DR:")
 
     i = next(i for i, r in enumerate(raw) if r["choice"] == 1)
@@ -65,5 +67,9 @@ def test_sft_and_carper_rows_share_the_prompt_form(tmp_cwd):
     assert demo["prompt"][0]["content"].endswith("\nTL;DR:")
     assert demo["response"].startswith("My bread rises in summer")  # leading space stripped
     pair = TLDRDataModule(subset="carper_comparisons", data_files="sample").records("train", "preference")[0]
-    assert pair["prompt"][0]["content"].endswith("15C) and I leave the dough on the counter for the usual hour.\nTL;DR:")
-    assert pair["chosen"] == "Same recipe works in summer but gives dense bread in my cold winter kitchen."  # 'TL;DR: ' cut
+    assert pair["prompt"][0]["content"].endswith(
+        "15C) and I leave the dough on the counter for the usual hour.\nTL;DR:"
+    )
+    assert (
+        pair["chosen"] == "Same recipe works in summer but gives dense bread in my cold winter kitchen."
+    )  # 'TL;DR: ' cut

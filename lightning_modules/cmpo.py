@@ -1,0 +1,226 @@
+"""CMPO — Conditional Multiobjective Preference Optimization (J. Manyika, MIT MEng thesis, 2024).
+
+A plural model: k LM heads on one trunk, mixed on logits by a user weight vector Λ (Eq. 3.1,
+``zoo.plural.PluralHead``), trained with cDPO (Eq. 2.10/3.3: label-smoothed DPO, β = 0.5, ε = 0.1;
+``zoo.losses.dpo_loss``) on conditioned pairs built from per-attribute scores (Eq. 3.2,
+``lightning_modules.cmpo_pairs``). The policy log-prob of a pair is taken under the mixed logits of its
+own Λ; the reference is the single-head base model (cached reference log-probs by default, or the
+adapter-disabled base with LoRA). At inference the user picks Λ by attribute name (``steer``), the
+heads are fused once (Σ λ_j W_j) and decoding costs one head.
+
+Where the thesis is silent (each a config switch, see docs/methods/cmpo.md):
+- head init (``head_init``): ``copy`` of the base head (default; with Σλ = 1 the untrained model equals
+  the reference exactly) or ``lowrank`` deltas W + B_j A_j;
+- what trains (``train_heads``; LoRA via ``backbone.lora``; the thesis: LoRA on attention);
+- weighting rule (``weighting``): Eq. 3.2 power set (default), one-hot, A.1 negative, A.2 rating ratio;
+- prompt tokens are masked and log-probs summed (standard DPO); losses averaged over the batch;
+- "higher score wins" for every attribute, toxicity included (the thesis steers *towards* attributes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lightning_modules.cmpo_pairs import WEIGHTINGS, Weighting, prompt_pairs
+from lightning_modules.dpo import DPO
+from zoo.backbone import base_model, resolve_path
+from zoo.logprobs import completion_hidden, sum_by_row
+from zoo.plural import HeadInit, PluralHead
+from zoo.records import Record
+
+HEADS_FILE, META_FILE = "plural_heads.safetensors", "cmpo.json"
+
+
+class CMPO(DPO):
+    """Plural-head model steered by per-attribute weights.
+
+    Args:
+        attributes: the k objectives, one head each (order = head order).
+        data_kind: ``scored`` (per-attribute scores; Eq. 3.2 from ratings) or ``preference``
+            (attribute-labelled pairs, e.g. PKU-SafeRLHF).
+        weighting: ``power_set`` | ``one_hot`` | ``negative`` | ``rating_ratio``.
+        ratio_offset: δ of the rating-ratio rule (avoids division by zero).
+        head_init: ``copy`` | ``lowrank``; head_rank: r of the low-rank heads.
+        train_heads: train the k heads (else only the trunk's LoRA/full weights train).
+        steer: inference weights by attribute name, e.g. ``{"helpfulness": 0.7, "verbosity": 0.3}``
+            (missing attributes get 0); default: uniform.
+        allow_negative_weights: accept negative steering weights (proxy-tuning-like offsets).
+        beta, label_smoothing: cDPO's β and ε (thesis: 0.5 and 0.1). Other arguments: see ``DPO``.
+    """
+
+    group_by_prompt = True  # conditioned pairs need all responses of a prompt together
+
+    def __init__(
+        self,
+        attributes: list[str] | None = None,
+        data_kind: Literal["scored", "preference"] = "scored",
+        weighting: Weighting = "power_set",
+        ratio_offset: float = 0.25,
+        head_init: HeadInit = "copy",
+        head_rank: int = 8,
+        train_heads: bool = True,
+        steer: dict[str, float] | None = None,
+        allow_negative_weights: bool = False,
+        beta: float = 0.5,
+        label_smoothing: float = 0.1,
+        **kwargs: Any,
+    ):
+        if not attributes:
+            raise ValueError("model.attributes: CMPO needs at least one attribute (one head each)")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"model.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        self.attributes, self.data_kind, self.weighting = list(attributes), data_kind, weighting
+        self.ratio_offset, self.head_init, self.head_rank = ratio_offset, head_init, head_rank
+        self.train_heads, self.allow_negative_weights = train_heads, allow_negative_weights
+        self.record_kind = data_kind
+        self.steer_weights = self.steering_vector(steer)  # validated now: a bad --model.steer fails at start-up
+        self.steer = steer
+        super().__init__(beta=beta, label_smoothing=label_smoothing, **kwargs)
+        self.heads: PluralHead | None = None
+
+    def method_hparams(self) -> dict[str, Any]:
+        return {**super().method_hparams(), "attributes": self.attributes, "data_kind": self.data_kind,
+                "weighting": self.weighting, "ratio_offset": self.ratio_offset, "head_init": self.head_init,
+                "head_rank": self.head_rank, "train_heads": self.train_heads, "steer": self.steer,
+                "allow_negative_weights": self.allow_negative_weights}
+
+    # ---- data: conditioned pairs ------------------------------------------------------------------
+    @staticmethod
+    def example_fn(records: Sequence[Record], attributes: Sequence[str] = (), weighting: Weighting = "power_set",
+                   ratio_offset: float = 0.25) -> Iterable[dict[str, Any]]:
+        for p in prompt_pairs(records, attributes, weighting, ratio_offset):
+            yield {"prompt": list(records[0].prompt), "completions": [p.chosen, p.rejected],
+                   "weights": list(p.weights), "condition": "+".join(p.condition)}
+
+    def example_kwargs(self, split: str) -> dict[str, Any]:
+        return {"attributes": self.attributes, "weighting": self.weighting, "ratio_offset": self.ratio_offset}
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        for split in ("train", "validation"):
+            if dm is not None and split in dm.datasets:
+                counts = Counter(dm.datasets[split]["condition"])
+                print(f"CMPO {split}: {len(dm.datasets[split])} conditioned samples ({self.weighting}): "
+                      + ", ".join(f"{c}={n}" for c, n in sorted(counts.items())))
+        super().on_fit_start()
+
+    # ---- model ------------------------------------------------------------------------------------
+    def build_extras(self) -> None:
+        base = base_model(self.model)
+        self.heads = PluralHead(base.get_output_embeddings(), self.attributes, self.head_init, self.head_rank)
+        saved = Path(resolve_path(self.backbone_cfg.name_or_path))
+        if (saved / HEADS_FILE).exists():  # a saved CMPO directory: reload its trained heads
+            meta = json.loads((saved / META_FILE).read_text())
+            if meta["attributes"] != self.attributes or meta["head_init"] != self.head_init:
+                raise ValueError(f"{saved} holds heads for {meta['attributes']} ({meta['head_init']}); "
+                                 f"the config asks for {self.attributes} ({self.head_init})")
+            self.heads.load_state_dict(load_file(str(saved / HEADS_FILE)))
+        self.heads.requires_grad_(self.train_heads)
+        # the single base head is the reference; the policy reads the plural heads only
+        head, embed = base.get_output_embeddings(), base.get_input_embeddings()
+        if head.weight is not embed.weight:
+            head.requires_grad_(False)
+
+    def policy_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π_{θ;A}(y | x, Λ) under each example's mixed heads (Eq. 3.1), for the pair's two rows."""
+        lam = batch["weights"].float()
+        hidden, targets, rows = completion_hidden(self.model, batch["input_ids"], batch["attention_mask"],
+                                                  batch["labels"])
+        return sum_by_row(hidden, targets, rows, batch["labels"].shape[0], self.heads, self.logprob_chunk_size,
+                          (torch.cat([lam, lam]),))
+
+    def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
+        """Reward accuracy and margin per attribute, over the pairs whose condition includes it."""
+        on = batch["weights"] > 0
+        for j, name in enumerate(self.attributes):
+            if on[:, j].any():
+                m = on[:, j]
+                self.log(f"{stage}/reward_accuracy/{name}", (r_c[m] > r_r[m]).float().mean(), batch_size=int(m.sum()))
+                self.log(f"{stage}/reward_margin/{name}", (r_c[m] - r_r[m]).mean(), batch_size=int(m.sum()))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().validation_step(batch, batch_idx)
+        self.log_preference_accuracy(batch, "val")
+        return loss
+
+    @torch.no_grad()
+    def log_preference_accuracy(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        """Eq. 5.1 per attribute a: 1[π_θ(y_c|x, e_a) > π_θ(y_r|x, e_a)] with the one-hot Λ = e_a, over
+        pairs conditioned on a. One trunk forward serves all k heads."""
+        hidden, targets, rows = completion_hidden(self.model, batch["input_ids"], batch["attention_mask"],
+                                                  batch["labels"])
+        n, b = batch["labels"].shape[0], batch["weights"].shape[0]
+        for j, name in enumerate(self.attributes):
+            m = batch["weights"][:, j] > 0
+            if not m.any():
+                continue
+            lam = torch.zeros(n, self.heads.k, device=hidden.device)
+            lam[:, j] = 1
+            logps, _ = sum_by_row(hidden, targets, rows, n, self.heads, self.logprob_chunk_size, (lam,))
+            acc = (logps[:b][m] > logps[b:][m]).float().mean()
+            self.log(f"{stage}/preference_accuracy/{name}", acc, batch_size=int(m.sum()), sync_dist=True)
+
+    # ---- steering at inference --------------------------------------------------------------------
+    def steering_vector(self, steer: dict[str, float] | None) -> torch.Tensor:
+        """Λ from weights by attribute name; unknown names, negative (unless allowed) or all-zero weights
+        are refused with a clear message. Default: uniform."""
+        if steer is None:
+            return torch.full((len(self.attributes),), 1.0 / len(self.attributes))
+        if not isinstance(steer, dict):
+            raise ValueError(f"model.steer must map attribute names to weights, got {steer!r}")
+        unknown = sorted(set(steer) - set(self.attributes))
+        if unknown:
+            raise ValueError(f"model.steer: unknown attributes {unknown}; this model steers {self.attributes}")
+        lam = torch.tensor([float(steer.get(a, 0.0)) for a in self.attributes])
+        if (lam < 0).any() and not self.allow_negative_weights:
+            raise ValueError(f"model.steer: negative weights {steer} need model.allow_negative_weights: true")
+        if not lam.abs().sum() > 0:
+            raise ValueError(f"model.steer: all weights are zero ({steer}); give at least one attribute a weight")
+        return lam
+
+    def steered(self, steer: dict[str, float] | None = None) -> FusedHead:
+        """Context manager: inside it the model's LM head is the fused Σ λ_j W_j (generation, predict)."""
+        lam = self.steer_weights if steer is None else self.steering_vector(steer)
+        return FusedHead(self, lam)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        with self.steered():
+            return super().predict_step(batch, batch_idx)
+
+    def prediction_info(self) -> dict[str, Any]:
+        return {"steer": dict(zip(self.attributes, self.steer_weights.tolist()))}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Trunk (HF directory or PEFT adapter) + ``plural_heads.safetensors`` + ``cmpo.json`` (attributes)."""
+        path = super().save_pretrained(path)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}, str(path / HEADS_FILE))
+        (path / META_FILE).write_text(json.dumps({"attributes": self.attributes, "head_init": self.head_init,
+                                                  "head_rank": self.head_rank}, indent=2))
+        return path
+
+
+class FusedHead:
+    """Swaps the model's output embedding for one linear layer holding W_Λ, and restores it on exit."""
+
+    def __init__(self, module: CMPO, lam: torch.Tensor):
+        self.module, self.lam = module, lam
+
+    def __enter__(self) -> FusedHead:
+        base = base_model(self.module.model)
+        self.original = base.get_output_embeddings()
+        weight = self.module.heads.mixed_weight(self.lam.to(self.original.weight.device)).detach()
+        fused = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device,
+                                dtype=self.original.weight.dtype)
+        fused.weight.data.copy_(weight)
+        base.set_output_embeddings(fused)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        base_model(self.module.model).set_output_embeddings(self.original)
