@@ -1,5 +1,22 @@
 """One DataModule per dataset: raw hub rows -> canonical records (``zoo.records``)."""
 
+from datamodules.helpsteer import HelpSteerDataModule
 from datamodules.hh_rlhf import HHRLHFDataModule
+from datamodules.oasst import OASST1DataModule
+from datamodules.personalized_soups import PersonalizedSoupsDataModule
+from datamodules.real_toxicity import RealToxicityPromptsDataModule
+from datamodules.safety import BeaverTailsDataModule, PKUSafeRLHFDataModule
+from datamodules.tldr import TLDRDataModule
+from datamodules.ultrafeedback import UltraFeedbackDataModule
 
-__all__ = ["HHRLHFDataModule"]
+__all__ = [
+    "BeaverTailsDataModule",
+    "HHRLHFDataModule",
+    "HelpSteerDataModule",
+    "OASST1DataModule",
+    "PKUSafeRLHFDataModule",
+    "PersonalizedSoupsDataModule",
+    "RealToxicityPromptsDataModule",
+    "TLDRDataModule",
+    "UltraFeedbackDataModule",
+]

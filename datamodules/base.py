@@ -206,6 +206,9 @@ class RecordDataModule(L.LightningDataModule):
             ),
             desc=f"{type(self).__name__}: {split} rows -> {kind} records",
         )
+        if "_row" not in recs.column_names:  # no row yielded a record: datasets keeps no output columns
+            raise ValueError(f"{type(self).__name__} {split}: none of the {len(raw)} rows of {source} "
+                             f"yields a {kind} record (options {self.record_options()})")
         produced = len(set(recs["_row"]))
         if produced < len(raw):  # a dataset's own filter (single-turn, subset...) said no: count it
             self._report(split, "filtered", [f"{len(raw) - produced} of {len(raw)} rows yield no {kind} record"])

@@ -135,6 +135,9 @@ class HHRLHFDataModule(RecordDataModule):
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
     def load_split(self, split: str) -> datasets.Dataset:
+        if split == "train" and self.validation_fraction and self.data_files is not None \
+                and self._files_for("validation") is None:
+            return self.split_off_validation(self._load("train"))[0]  # the rest after the held-out part
         ds = self._load(split)
         if ds is not None:
             return ds

@@ -1,0 +1,109 @@
+"""CMPO behaviour and loss: steering weights really steer; cDPO on mixed heads matches a hand computation."""
+
+import math
+import random
+from typing import Any, ClassVar
+
+import datasets
+import lightning as L
+import pytest
+import torch
+
+from datamodules.base import RecordDataModule
+from lightning_modules import CMPO
+from tests.factories import tiny_kwargs, trainer
+from zoo.losses import dpo_loss
+from zoo.records import ScoredResponse
+from zoo.sampling import SamplingSettings
+
+A_CHARS, B_CHARS = "ae", "12"
+
+
+class SyntheticSteering(RecordDataModule):
+    """Each prompt has three replies: all A-class chars, all B-class chars, mixed; attribute ``a`` scores
+    the share of A chars (0-4), ``b`` the share of B chars."""
+
+    record_kinds: ClassVar[tuple[str, ...]] = ("scored", "prompt")
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        rng = random.Random({"train": 0, "validation": 1, "predict": 2}[split])
+        rows = []
+        for i in range({"train": 48, "validation": 8, "predict": 6}[split]):
+            prompt = "".join(rng.choice("xyz") for _ in range(4))
+            for kind in ("a", "b", "m"):
+                chars = {"a": A_CHARS, "b": B_CHARS, "m": A_CHARS + B_CHARS}[kind]
+                rows.append({"prompt": prompt, "reply": "".join(rng.choice(chars) for _ in range(8)), "i": i})
+        return datasets.Dataset.from_list(rows)
+
+    @staticmethod
+    def to_records(row: dict[str, Any], kind: str, **options: Any):
+        reply = row["reply"]
+        share = lambda cs: 4 * sum(c in cs for c in reply) / len(reply)  # noqa: E731
+        if kind == "prompt":
+            return [] if row["reply"] and row["i"] < 0 else [__import__("zoo.records").records.PromptRecord(
+                prompt=row["prompt"])]
+        return [ScoredResponse(prompt=row["prompt"], response=reply, scores={"a": share(A_CHARS), "b": share(B_CHARS)},
+                               scales={"a": (0, 4), "b": (0, 4)})]
+
+
+def cmpo(**kwargs):
+    base = tiny_kwargs(optim={"lr": 3e-3})
+    base["tokenize"] = {"max_length": 64, "prompt_format": "plain"}
+    base.update(kwargs)
+    return CMPO(attributes=["a", "b"], beta=0.5, label_smoothing=0.1, ref_cache_dir=None, **base)
+
+
+def class_share(module, lam, prompts):
+    module.sampling = SamplingSettings(n=4, max_new_tokens=8, temperature=1.0, seed=0)
+    from zoo.sampling import sample
+
+    with module.steered(lam):
+        texts = sample(module.model, module.tokenizer, prompts, module.sampling).texts
+    joined = "".join(texts)
+    return sum(c in A_CHARS for c in joined) / max(len(joined), 1), sum(c in B_CHARS for c in joined) / max(len(joined), 1)
+
+
+def test_cmpo_weights_steer_output(tmp_cwd):
+    L.seed_everything(0)
+    module = cmpo()
+    dm = SyntheticSteering(batch_size=8, seed=0)
+    trainer(tmp_cwd, max_steps=60).fit(module, datamodule=dm)
+    prompts = [f"{p}" for p in ("xyzx", "zzyx", "yxzy", "xxzy")]
+    a_under_a, b_under_a = class_share(module, {"a": 1.0, "b": 0.0}, prompts)
+    a_under_b, b_under_b = class_share(module, {"a": 0.0, "b": 1.0}, prompts)
+    # λ = (1, 0) produces clearly more of A's class than λ = (0, 1), and the reverse for B's class
+    assert a_under_a > a_under_b + 0.3, (a_under_a, a_under_b)
+    assert b_under_b > b_under_a + 0.3, (b_under_b, b_under_a)
+
+
+def test_untrained_plural_model_equals_reference_and_loss_matches_hand_computation(tmp_cwd):
+    module = cmpo()
+    module.configure_model()
+    dm = SyntheticSteering(batch_size=4).attach(module)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        pol, _ = module.policy_logps(batch)
+        ref = module.reference_logps(batch)
+    torch.testing.assert_close(pol, ref, rtol=1e-5, atol=1e-5)  # copies of the base head, Σλ = 1
+    with torch.no_grad():  # make the heads differ, then check the cDPO loss by hand
+        module.heads.weight[0].add_(torch.randn_like(module.heads.weight[0]) * 0.05)
+        pol, _ = module.policy_logps(batch)
+    b = batch["idx"].shape[0]
+    losses, _, _ = dpo_loss(pol[:b], pol[b:], ref[:b], ref[b:], beta=0.5, label_smoothing=0.1)
+    for i in range(b):
+        h = (pol[i] - ref[i]) - (pol[b + i] - ref[b + i])
+        sig = 1 / (1 + math.exp(-0.5 * h))
+        assert losses[i].item() == pytest.approx(-0.9 * math.log(sig) - 0.1 * math.log(1 - sig), rel=1e-5)
+    conditions = set(dm.datasets["train"]["condition"])
+    assert conditions == {"a", "b"}  # pure-A vs pure-B replies never win on both attributes
+
+
+def test_steer_validation():
+    with pytest.raises(ValueError, match="unknown attributes \\['c'\\]"):
+        cmpo(steer={"c": 1.0})
+    with pytest.raises(ValueError, match="negative weights"):
+        cmpo(steer={"a": -1.0})
+    with pytest.raises(ValueError, match="all weights are zero"):
+        cmpo(steer={"a": 0.0, "b": 0.0})
+    assert cmpo(steer={"a": -1.0, "b": 1.0}, allow_negative_weights=True).steer_weights.tolist() == [-1.0, 1.0]
