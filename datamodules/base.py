@@ -58,7 +58,7 @@ def convert_rows(
         try:
             records = to_records(raw, kind, **options)
             rows = [r.to_row() for r in records]
-            error = None
+            error = ""  # a string, never None: an all-None first batch would fix the column's type to null
         except RecordError as e:
             located = e.at(source, row_index)
             if on_error == "raise":
@@ -212,10 +212,10 @@ class RecordDataModule(L.LightningDataModule):
         produced = len(set(recs["_row"]))
         if produced < len(raw):  # a dataset's own filter (single-turn, subset...) said no: count it
             self._report(split, "filtered", [f"{len(raw) - produced} of {len(raw)} rows yield no {kind} record"])
-        errors = [e for e in recs["_error"] if e is not None]
+        errors = [e for e in recs["_error"] if e]
         if errors:
             self._report(split, "skipped", errors)
-            recs = recs.filter(lambda e: e is None, input_columns="_error", num_proc=self.num_proc)
+            recs = recs.filter(lambda e: not e, input_columns="_error", num_proc=self.num_proc)
         return recs.remove_columns(["_error"])
 
     def _report(self, split: str, what: str, lines: list[str]) -> None:

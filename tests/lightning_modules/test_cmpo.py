@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from datamodules.base import RecordDataModule
-from lightning_modules import CMPO
+from lightning_modules import CMPO, SFT
 from tests.factories import tiny_kwargs, trainer
 from zoo.losses import dpo_loss
-from zoo.records import ScoredResponse
+from zoo.records import Demonstration, ScoredResponse
 from zoo.sampling import SamplingSettings
 
 A_CHARS, B_CHARS = "ae", "12"
@@ -23,7 +23,7 @@ class SyntheticSteering(RecordDataModule):
     """Each prompt has three replies: all A-class chars, all B-class chars, mixed; attribute ``a`` scores
     the share of A chars (0-4), ``b`` the share of B chars."""
 
-    record_kinds: ClassVar[tuple[str, ...]] = ("scored", "prompt")
+    record_kinds: ClassVar[tuple[str, ...]] = ("scored", "demonstration")
 
     def load_split(self, split: str) -> datasets.Dataset:
         rng = random.Random({"train": 0, "validation": 1, "predict": 2}[split])
@@ -38,10 +38,9 @@ class SyntheticSteering(RecordDataModule):
     @staticmethod
     def to_records(row: dict[str, Any], kind: str, **options: Any):
         reply = row["reply"]
+        if kind == "demonstration":
+            return [Demonstration(prompt=row["prompt"], response=reply)]
         share = lambda cs: 4 * sum(c in cs for c in reply) / len(reply)  # noqa: E731
-        if kind == "prompt":
-            return [] if row["reply"] and row["i"] < 0 else [__import__("zoo.records").records.PromptRecord(
-                prompt=row["prompt"])]
         return [ScoredResponse(prompt=row["prompt"], response=reply, scores={"a": share(A_CHARS), "b": share(B_CHARS)},
                                scales={"a": (0, 4), "b": (0, 4)})]
 
@@ -53,27 +52,30 @@ def cmpo(**kwargs):
     return CMPO(attributes=["a", "b"], beta=0.5, label_smoothing=0.1, ref_cache_dir=None, **base)
 
 
-def class_share(module, lam, prompts):
-    module.sampling = SamplingSettings(n=4, max_new_tokens=8, temperature=1.0, seed=0)
+def class_shares(module, steer, prompts):
+    """Share of A-class and B-class characters among sampled completions under ``steer``."""
     from zoo.sampling import sample
 
-    with module.steered(lam):
-        texts = sample(module.model, module.tokenizer, prompts, module.sampling).texts
-    joined = "".join(texts)
-    return sum(c in A_CHARS for c in joined) / max(len(joined), 1), sum(c in B_CHARS for c in joined) / max(len(joined), 1)
+    settings = SamplingSettings(n=8, max_new_tokens=8, temperature=1.0, seed=0)
+    with module.steered(steer):
+        joined = "".join(sample(module.model, module.tokenizer, prompts, settings).texts)
+    return sum(c in A_CHARS for c in joined) / len(joined), sum(c in B_CHARS for c in joined) / len(joined)
 
 
 def test_cmpo_weights_steer_output(tmp_cwd):
+    """SFT on all replies (both classes), then CMPO with the SFT model as reference: λ = (1, 0) must
+    produce clearly more of A's characters than λ = (0, 1), and the reverse for B's."""
     L.seed_everything(0)
-    module = cmpo()
-    dm = SyntheticSteering(batch_size=8, seed=0)
-    trainer(tmp_cwd, max_steps=60).fit(module, datamodule=dm)
-    prompts = [f"{p}" for p in ("xyzx", "zzyx", "yxzy", "xxzy")]
-    a_under_a, b_under_a = class_share(module, {"a": 1.0, "b": 0.0}, prompts)
-    a_under_b, b_under_b = class_share(module, {"a": 0.0, "b": 1.0}, prompts)
-    # λ = (1, 0) produces clearly more of A's class than λ = (0, 1), and the reverse for B's class
-    assert a_under_a > a_under_b + 0.3, (a_under_a, a_under_b)
-    assert b_under_b > b_under_a + 0.3, (b_under_b, b_under_a)
+    sft = SFT(**{**tiny_kwargs(optim={"lr": 3e-3}), "tokenize": {"max_length": 64, "prompt_format": "plain"}})
+    trainer(tmp_cwd / "sft", max_steps=80).fit(sft, datamodule=SyntheticSteering(batch_size=8))
+    sft_dir = sft.save_pretrained(tmp_cwd / "sft_model")
+    module = cmpo(backbone={"name_or_path": str(sft_dir)})
+    trainer(tmp_cwd / "cmpo", max_steps=60).fit(module, datamodule=SyntheticSteering(batch_size=8))
+    prompts = ["xyzx", "zzyx", "yxzy", "xxzy"]
+    a_under_a, b_under_a = class_shares(module, {"a": 1.0, "b": 0.0}, prompts)
+    a_under_b, b_under_b = class_shares(module, {"a": 0.0, "b": 1.0}, prompts)
+    assert a_under_a > a_under_b + 0.25, (a_under_a, a_under_b)
+    assert b_under_b > b_under_a + 0.25, (b_under_b, b_under_a)
 
 
 def test_untrained_plural_model_equals_reference_and_loss_matches_hand_computation(tmp_cwd):
@@ -84,7 +86,7 @@ def test_untrained_plural_model_equals_reference_and_loss_matches_hand_computati
     batch = next(iter(dm.train_dataloader()))
     with torch.no_grad():
         pol, _ = module.policy_logps(batch)
-        ref = module.reference_logps(batch)
+        ref = module.reference_logps(batch)  # the single base head
     torch.testing.assert_close(pol, ref, rtol=1e-5, atol=1e-5)  # copies of the base head, Σλ = 1
     with torch.no_grad():  # make the heads differ, then check the cDPO loss by hand
         module.heads.weight[0].add_(torch.randn_like(module.heads.weight[0]) * 0.05)

@@ -1,0 +1,270 @@
+"""MEET: alignMEnt with parameter-Efficient Tuning (Xue, Wang, Ji; arXiv 2310.00819, "Parameter-Efficient
+Tuning Helps Language Model Alignment"), and its Chain-of-Hindsight baseline (CoH, Liu et al. 2023).
+
+Each preference pair (x, y_w, y_l) becomes two conditional LM examples, (x, θ_c^w) → y_w and (x, θ_c^l) → y_l,
+where θ_c = {θ_c^w, θ_c^l} are "good" and "bad" control tokens (``zoo.control``: soft prompts, LoRA adapters,
+or hand-crafted text). Loss (``zoo.control.meet_loss``, completion tokens only):
+
+    Eq. 2 (step 1, PET):  L_PET(θ_c)  = −Σ [log M(y_l | x, θ_c^l, θ) + log M(y_w | x, θ_c^w, θ)],  θ frozen
+    Eq. 1 (step 2):       L_1(θ, θ_c) = the same sum, LM θ and control θ_c trained jointly
+
+Phases (``phases``; the ``callbacks.phase_switch.PhaseSwitch`` callback, added automatically, switches
+at the start of epoch ``first_epochs``): step 1 trains θ_c only at ``control_lr`` (paper: 1e-3, 5 epochs);
+step 2 trains θ and θ_c (paper: 2e-5, 5 epochs). Ablations (Table 5) are settings: first-step-only
+(``second_epochs: 0``), second-step-only (``first_epochs: 0``), one special token (``control.length: 1``).
+CoH is ``control.kind: text`` with ``first_epochs: 0`` (fixed prompts, LM fine-tuned with Eq. 1).
+Inference always uses θ_c^w (greedy, 128 new tokens in the paper configs); predictions name the control.
+
+Where the paper is silent, we chose (see docs/methods/meet.md):
+- control placement: ``before`` the prompt (after a tokenizer-added BOS) by default, ``between`` selectable;
+  the max length (512, over-long examples dropped) counts text tokens, not soft-prompt positions;
+- soft-prompt init: the embedding of " good"/" bad" (leading space; mean over sub-tokens) repeated L times;
+- LoRA: alpha 8 (scale 2 at rank 4), dropout 0, every linear layer but the LM head, two adapters on one base;
+- step 2's control-token learning rate: ``second_control_lr``, default the LM's (``optim.lr``, 2e-5);
+- step 2 starts a fresh optimizer (as a separate run would) and each phase has its own LR schedule;
+- loss: the token mean of Eq. 1 over the batch (the equation writes a sum);
+- "batch size 64" read as 64 conditional sequences = 32 pairs (paper configs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from callbacks.phase_switch import PhaseSwitch
+from lightning_modules.base import STAGE_PREFIX, CausalLMModule, _plain, as_dataclass
+from zoo.control import (
+    CONTROL_NAMES,
+    GOOD,
+    Control,
+    ControlSettings,
+    SoftPrompts,
+    add_control_adapters,
+    control_rows,
+    controlled_logprobs,
+    generate_with_control,
+    is_adapter_parameter,
+    meet_loss,
+    text_control_ids,
+)
+from zoo.records import PreferencePair
+
+
+@dataclasses.dataclass
+class PhaseSettings:
+    """MEET's two steps. Total epochs = first_epochs + second_epochs (set trainer.max_epochs to match)."""
+
+    first_epochs: int = 5  # step 1 (Eq. 2): control tokens only, LM frozen
+    second_epochs: int = 5  # step 2 (Eq. 1): LM and control tokens jointly
+    control_lr: float = 1e-3  # step 1 learning rate (the paper's PET rate)
+    second_control_lr: float | None = None  # control tokens in step 2; None = the LM's rate (optim.lr)
+
+    def __post_init__(self) -> None:
+        if self.first_epochs < 0 or self.second_epochs < 0 or self.first_epochs + self.second_epochs == 0:
+            raise ValueError("phases: first_epochs and second_epochs must be >= 0 and not both 0")
+
+
+class MEET(CausalLMModule):
+    """MEET / CoH on preference pairs.
+
+    Args:
+        control: θ_c (``zoo.control.ControlSettings``): kind prompt | lora | text, placement, L, LoRA rank...
+        phases: the two steps (``PhaseSettings``); the LM learning rate is ``optim.lr``.
+        (see ``CausalLMModule`` for backbone, tokenize, optim, sampling)
+    """
+
+    record_kind = "preference"
+
+    def __init__(self, control: ControlSettings | None = None, phases: PhaseSettings | None = None, **kwargs: Any):
+        self.control_cfg: ControlSettings = as_dataclass(ControlSettings, control)
+        self.phases: PhaseSettings = as_dataclass(PhaseSettings, phases)
+        if self.control_cfg.kind == "text" and self.phases.first_epochs:
+            raise ValueError("control.kind text (hand-crafted prompts) has nothing to train in step 1; "
+                             "set phases.first_epochs: 0 (CoH)")
+        super().__init__(**kwargs)
+        if self.backbone_cfg.lora is not None or self.backbone_cfg.prompt_tuning is not None:
+            raise ValueError("MEET: configure its LoRA / soft prompts under model.control, not backbone.lora / "
+                             "backbone.prompt_tuning (the LM itself is fine-tuned in full in step 2)")
+        self.phase = self.phase_for_epoch(0)
+        self.optimizer_phase: int | None = None
+        self.soft_prompts: SoftPrompts | None = None
+        tok = self.tokenizer
+        adds_bos = (self.tokenize_settings.prompt_format != "chat" and tok.bos_token_id is not None
+                    and tok("x")["input_ids"][:1] == [tok.bos_token_id])
+        text_ids = None
+        if self.control_cfg.kind == "text":
+            text_ids = text_control_ids(tok, self.control_cfg.texts, self.control_cfg.text_template)
+        self.control = Control(self.control_cfg, pad_id=tok.pad_token_id, bos_offset=int(adds_bos), text_ids=text_ids)
+
+    def method_hparams(self) -> dict[str, Any]:
+        return {"control": _plain(self.control_cfg), "phases": _plain(self.phases)}
+
+    @staticmethod
+    def example_fn(record: PreferencePair, **kwargs: Any) -> Iterable[dict[str, Any]]:
+        # the collator stacks completions block-wise: rows 0..B-1 chosen ("good"), B..2B-1 rejected ("bad")
+        yield {"prompt": list(record.prompt), "completions": [record.chosen, record.rejected]}
+
+    # ---- model and phases -------------------------------------------------------------------------
+    def build_extras(self) -> None:
+        kind = self.control_cfg.kind
+        if kind == "lora":
+            self.model = add_control_adapters(self.model, self.control_cfg)
+        elif kind == "prompt":
+            emb = self.model.get_input_embeddings().weight
+            self.soft_prompts = SoftPrompts.from_words(emb, self.tokenizer, self.control_cfg.init_words,
+                                                       self.control_cfg.length)
+            self.control.soft_prompts = self.soft_prompts
+        # everything stays trainable until configure_optimizers sets the phase: DDP registers gradient hooks
+        # only on parameters that require grad when it wraps the model, and step 2 needs all of them
+        self.requires_grad_(True)
+
+    def configure_callbacks(self):
+        has_switch = self._trainer is not None and any(isinstance(c, PhaseSwitch) for c in self._trainer.callbacks)
+        return [] if has_switch else [PhaseSwitch()]
+
+    def phase_for_epoch(self, epoch: int) -> int:
+        first, second = self.phases.first_epochs, self.phases.second_epochs
+        return 1 if second == 0 or epoch < first else 2
+
+    def control_parameters(self) -> list[torch.nn.Parameter]:
+        if self.soft_prompts is not None:
+            return list(self.soft_prompts.parameters())
+        return [p for n, p in self.model.named_parameters() if is_adapter_parameter(n)]
+
+    def lm_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if not is_adapter_parameter(n)]
+
+    def set_phase(self, phase: int) -> None:
+        """Step 1: only θ_c trainable. Step 2: θ and θ_c."""
+        self.phase = phase
+        for p in self.control_parameters():
+            p.requires_grad_(True)
+        for _, p in self.lm_parameters():
+            p.requires_grad_(phase == 2)
+
+    def trainable_summary(self) -> str:
+        n_ctrl = sum(p.numel() for p in self.control_parameters() if p.requires_grad)
+        n_lm = sum(p.numel() for _, p in self.lm_parameters() if p.requires_grad)
+        return f"trainable: control {n_ctrl:,}, LM {n_lm:,}"
+
+    def configure_optimizers(self):
+        """The same param-group layout in both phases (control, LM with decay, LM without), so a checkpoint's
+        optimizer state fits whichever phase is restored; the frozen LM groups have lr 0 in step 1."""
+        from transformers import get_scheduler
+
+        self.set_phase(self.phase)
+        ph, lm_lr = self.phases, self.optim.lr
+        control_lr = ph.control_lr if self.phase == 1 else (ph.second_control_lr if ph.second_control_lr is not None
+                                                             else lm_lr)
+        decay = [p for n, p in self.lm_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
+        no_decay = [p for n, p in self.lm_parameters() if not (p.ndim >= 2 and "norm" not in n.lower())]
+        lm_lr = lm_lr if self.phase == 2 else 0.0
+        groups = [
+            {"params": self.control_parameters(), "lr": control_lr, "weight_decay": 0.0, "name": "control"},
+            {"params": decay, "lr": lm_lr, "weight_decay": self.optim.weight_decay, "name": "lm"},
+            {"params": no_decay, "lr": lm_lr, "weight_decay": 0.0, "name": "lm_no_decay"},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=self.optim.betas)
+        scheduler = get_scheduler(
+            "constant_with_warmup" if self.optim.scheduler == "constant" else self.optim.scheduler,
+            optimizer,
+            num_warmup_steps=self.optim.warmup_steps,
+            num_training_steps=self.phase_steps(),
+        )
+        self.optimizer_phase = self.phase
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def phase_steps(self) -> int:
+        """Optimizer steps in the current phase (the length of its LR schedule)."""
+        t = self._trainer
+        if t is None:
+            return 1
+        total = int(t.estimated_stepping_batches)  # also sets up the train loader, so the batch count is known
+        epochs = self.phases.first_epochs if self.phase == 1 else self.phases.second_epochs
+        if math.isinf(t.num_training_batches) or not epochs:
+            return max(total, 1)
+        per_epoch = math.ceil(t.num_training_batches / t.accumulate_grad_batches)
+        return max(min(per_epoch * epochs, total), 1)
+
+    def on_fit_start(self) -> None:
+        total = self.phases.first_epochs + self.phases.second_epochs
+        if self.trainer.max_epochs not in (None, -1, total) and self.trainer.max_steps == -1:
+            warnings.warn(f"MEET: trainer.max_epochs={self.trainer.max_epochs} but the phases add up to {total} "
+                          f"epochs (phases.first_epochs={self.phases.first_epochs}, "
+                          f"second_epochs={self.phases.second_epochs})", stacklevel=1)
+
+    # ---- loss -------------------------------------------------------------------------------------
+    def meet_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        b = batch["idx"].shape[0]
+        controls = control_rows(b, batch["input_ids"].device)
+        logps, counts = controlled_logprobs(self.model, self.control, batch["input_ids"], batch["attention_mask"],
+                                            batch["labels"], controls, self.logprob_chunk_size)
+        loss, nll_good, nll_bad = meet_loss(logps[:b], counts[:b], logps[b:], counts[b:])
+        stage = STAGE_PREFIX[split]
+        metrics = {f"{stage}/loss": loss, f"{stage}/nll_chosen_good": nll_good, f"{stage}/nll_rejected_bad": nll_bad}
+        if split == "train":
+            metrics["train/phase"] = float(self.phase)
+        self.log_dict(metrics, prog_bar=split == "train", batch_size=b, sync_dist=split != "train")
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.meet_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.meet_step(batch, "validation")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.meet_step(batch, "test")
+
+    # ---- inference --------------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[list[int]], control_id: int = GOOD, settings=None):
+        """Samples under one control (default θ_c^w, the only one the paper uses at inference)."""
+        return generate_with_control(self.model, self.tokenizer, self.control, prompt_ids, settings or self.sampling,
+                                     control_id)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        samples = self.generate(batch["prompt_ids"])
+        idx = batch["idx"].tolist()
+        return [
+            {"idx": idx[k // samples.n], "sample": k % samples.n, "prompt": samples.prompts[k // samples.n],
+             "completion": text, "truncated": samples.truncated[k], **self.prediction_info()}
+            for k, text in enumerate(samples.texts)
+        ]
+
+    def prediction_info(self) -> dict[str, Any]:
+        info = {"control": CONTROL_NAMES[GOOD], "control_kind": self.control_cfg.kind}
+        if self.control_cfg.kind != "lora":
+            info["control_placement"] = self.control_cfg.placement
+        if self.control_cfg.kind == "text":
+            info["control_text"] = self.control_cfg.texts[GOOD]
+        return info
+
+    # ---- artifacts and checkpoints ----------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> Path:
+        """The base directory (PEFT writes both adapters with LoRA: "good" at the top, "bad" in ``bad/``),
+        plus ``meet_control.json`` and, for soft prompts, ``meet_soft_prompts.safetensors``."""
+        path = super().save_pretrained(path)
+        if self.soft_prompts is not None:
+            from safetensors.torch import save_file
+
+            prompts = self.soft_prompts.prompts.detach().cpu()
+            save_file({name: prompts[i].contiguous() for i, name in enumerate(CONTROL_NAMES)},
+                      str(path / "meet_soft_prompts.safetensors"))
+        (path / "meet_control.json").write_text(json.dumps({"control": _plain(self.control_cfg),
+                                                            "inference_control": CONTROL_NAMES[GOOD]}, indent=2))
+        return path
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["meet"] = {"phase": int(self.phase)}  # the phase the saved optimizer state belongs to
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.phase = int(checkpoint.get("meet", {}).get("phase", self.phase))
