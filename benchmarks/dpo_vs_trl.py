@@ -255,7 +255,7 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
     """Print the table, the token counts, the reference-pass costs and the PASS/FAIL lines."""
     print(f"\nDPO training step, SmolLM2-135M full fine-tuning, batch {BATCH} pairs, max length {MAX_LENGTH}, "
           f"CPU {THREADS} threads, {args.warmup} warm-up + {args.steps} timed steps")
-    header = (f"{'config':32s} {'steerzoo tok/s':>14s} {'TRL tok/s':>9s} {'ratio':>6s} {'steerzoo MiB':>12s} "
+    header = (f"{'config':36s} {'steerzoo tok/s':>14s} {'TRL tok/s':>9s} {'ratio':>6s} {'steerzoo MiB':>12s} "
               f"{'TRL MiB':>8s} {'ratio':>6s} {'CPU-time ratio':>14s}")
     print(header + "\n" + "-" * len(header))
     rows, checks = [], []
@@ -265,7 +265,7 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
             t = r[peer]
             speed, mem, cpu = z["tok_s"] / t["tok_s"], z["peak_mib"] / t["peak_mib"], z["cpu_tok_s"] / t["cpu_tok_s"]
             name = f"{precision} vs {'DPOTrainer' if peer == 'trl' else 'DPOTrainer(precompute)'}"
-            print(f"{name:32s} {z['tok_s']:14.1f} {t['tok_s']:9.1f} {speed:5.2f}x {z['peak_mib']:12.0f} "
+            print(f"{name:36s} {z['tok_s']:14.1f} {t['tok_s']:9.1f} {speed:5.2f}x {z['peak_mib']:12.0f} "
                   f"{t['peak_mib']:8.0f} {mem:5.2f}x {cpu:13.2f}x")
             rows.append({"config": name, "precision": precision, "peer": peer, "speed_ratio": speed,
                          "memory_ratio": mem, "cpu_time_speed_ratio": cpu})

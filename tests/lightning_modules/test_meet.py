@@ -68,3 +68,76 @@ def test_meet_good_control_produces_the_property(tmp_cwd, kind):
         rate[c] = sum("!!!" in t for t in texts) / len(texts)
         print(kind, c, texts)
     assert rate[GOOD] >= 0.75 and rate[BAD] <= 0.25, rate
+
+
+class Snapshot(L.Callback):
+    """Copies every parameter at the start of training and at the end of each epoch."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def _take(self, pl_module) -> None:
+        self.states.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._take(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._take(pl_module)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "lora"])
+def test_step_one_freezes_the_lm_and_step_two_trains_both(tmp_cwd, kind):
+    module = meet(kind, first=1, second=1)
+    snap = Snapshot()
+    # 8 pairs, batch 4: two optimizer steps per phase (LoRA's A needs a second step: B starts at zero)
+    trainer(tmp_cwd, max_steps=-1, max_epochs=2, callbacks=[snap]).fit(module, datamodule=hh_sample(train=8))
+    start, after_one, after_two = snap.states
+    control = {n for n in start if "soft_prompts" in n or ".lora_" in n}
+    lm = set(start) - control
+    assert control and lm and all(n.startswith("model.") for n in lm)
+    moved = [n for n in lm if not torch.equal(start[n], after_one[n])]
+    assert not moved, f"step 1 changed LM weights: {moved[:5]}"
+    still = [n for n in control if torch.equal(start[n], after_one[n])]
+    assert not still, f"step 1 left control parameters unchanged: {still}"
+    lm_still = [n for n in lm if torch.equal(after_one[n], after_two[n])]
+    assert not lm_still, f"step 2 left LM weights unchanged: {lm_still[:5]}"
+    ctrl_still = [n for n in control if torch.equal(after_one[n], after_two[n])]
+    assert not ctrl_still, f"step 2 left control parameters unchanged: {ctrl_still}"
+
+
+def test_soft_prompts_start_as_the_repeated_word_embedding():
+    module = meet("prompt", length=5)
+    module.configure_model()
+    emb = module.model.get_input_embeddings().weight.detach()
+    for c, word in ((GOOD, " good"), (BAD, " bad")):
+        ids = module.tokenizer(word, add_special_tokens=False)["input_ids"]
+        expected = emb[ids].mean(0).expand(5, -1)
+        torch.testing.assert_close(module.soft_prompts.prompts[c].detach(), expected, rtol=0, atol=0)
+    assert not torch.equal(module.soft_prompts.prompts[GOOD], module.soft_prompts.prompts[BAD])
+
+
+TINY_CLI = [
+    "--model.init_args.backbone.name_or_path", "builtin:tiny",
+    "--model.init_args.tokenize.max_length", "384",
+    "--model.init_args.tokenize.max_prompt_length", "256",
+    "--model.init_args.tokenize.length_policy", "truncate",
+    "--model.init_args.sampling.max_new_tokens", "8",
+    "--data.init_args.max_samples", '{"train": 8, "validation": 4, "predict": 3}',
+    "--trainer.precision", "32-true",
+    "--trainer.enable_progress_bar", "false",
+]
+
+
+@pytest.mark.parametrize("method", ["meet", "coh"])
+def test_fit_then_predict_through_the_cli(tmp_cwd, method):
+    config = str(ROOT / "configs" / f"{method}.yaml")
+    main(["fit", "--config", config, *TINY_CLI, "--trainer.max_steps", "3", "--trainer.max_epochs", "2"])
+    ckpt = tmp_cwd / "runs" / method / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)  # plain contents only
+    assert state["global_step"] == 3 and state["meet"]["phase"] in (1, 2)
+    main(["predict", "--config", config, *TINY_CLI, "--ckpt_path", str(ckpt)])
+    out = tmp_cwd / "runs" / method / "predictions.jsonl"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["control"] == "good" for r in rows)
+    assert {"prompt", "completion", "control_kind"} <= set(rows[0])

@@ -1,0 +1,32 @@
+"""Offline scorers on fixed texts."""
+
+import pytest
+
+from zoo.scorers import CallableScorer, LengthScorer, SentimentScorer, build_scorers, score_all
+
+
+def test_length_scorer_words_and_chars():
+    s = LengthScorer()
+    assert s.score(["q", "q"], ["one two three", ""]) == {"verbosity": [3.0, 0.0]}
+    assert LengthScorer(unit="chars", max_length=5).score(["q"], ["abcdefgh"]) == {"verbosity": [5.0]}
+    with pytest.raises(ValueError, match="unit"):
+        LengthScorer(unit="tokens")
+
+
+def test_sentiment_scorer_orders_texts():
+    s = SentimentScorer()
+    good, bad, neutral = s.score(["q"] * 3, ["I love this, it is wonderful!", "This is terrible and awful.",
+                                             "The table has four legs."])["sentiment"]
+    assert good > 0.5 and bad < -0.5 and abs(neutral) < 0.1
+    assert s.scales == {"sentiment": (-1.0, 1.0)}
+
+
+def test_build_and_merge():
+    scores = score_all(build_scorers(["verbosity", "sentiment"]), ["q"], ["Great answer here"])
+    assert set(scores) == {"verbosity", "sentiment"} and scores["verbosity"] == [3.0]
+    with pytest.raises(ValueError, match="unknown offline scorer"):
+        build_scorers(["humour"])
+    judge = CallableScorer(lambda p, r: float("!" in r), "excitement", (0, 1))
+    assert judge.score(["q", "q"], ["yes!", "no"]) == {"excitement": [1.0, 0.0]}
+    with pytest.raises(ValueError, match="two scorers produce"):
+        score_all([LengthScorer(), LengthScorer()], ["q"], ["a"])

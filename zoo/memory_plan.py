@@ -1,0 +1,509 @@
+"""Memory plan: will this training config fit? Per-device bytes, estimated before anything is loaded.
+
+``model_facts`` builds the causal LM on the meta device (no weights are read or allocated) and counts what
+the estimate needs; ``plan`` is a pure function of those counts, the method and the run settings; and
+``format_plan`` prints the table with a verdict. ``scripts/memory_plan.py`` reads the YAML configs.
+
+Per device, at the training peak::
+
+    total = weights + reference + gradients + optimizer states + comm buffers + runtime
+            + max(weight copies + activations + LM-head chunk,  optimizer-step temporaries)
+
+- **weights**: parameters × dtype bytes (``backbone.dtype``; 2 under ``bf16-true``). QLoRA: decoder linear
+  weights at 0.5 byte (nf4) + 1/64 byte (uint8 absmax per 64-block) + 4/16384 byte (fp32 absmax per 256
+  blocks, double quantization); 8-bit at 1 byte + 4 bytes per output row; everything else in fp32
+  (``prepare_model_for_kbit_training`` upcasts it).
+- **reference**: DPO ``reference: live`` without LoRA holds a frozen copy of the weights; with LoRA the
+  reference is the adapter-disabled policy, and ``cached`` keeps only log-probs (8 bytes per example).
+- **gradients**: trainable parameters × their dtype bytes (LoRA adapters are fp32: PEFT upcasts them).
+- **optimizer states**: AdamW keeps exp_avg and exp_avg_sq, 2 × trainable × dtype bytes.
+- **optimizer-step temporaries**: foreach AdamW materialises sqrt(exp_avg_sq) for all parameters at once
+  (1 × trainable × bytes); activations are freed by then, hence the max().
+- **weight copies**: under ``bf16-mixed`` with fp32 weights, every matmul weight (decoder linears and the
+  LM head; embeddings are looked up, not cast) has a bf16 copy alive from its forward use to its backward:
+  autocast's cast cache for trainable weights, saved-for-backward casts for frozen ones. None when the
+  weights already are bf16 or quantized (bitsandbytes saves the packed weight and dequantizes again).
+- **activations** (what autograd saves), per decoder layer and token, for a Llama-style block
+  (RMSNorm → q/k/v → RoPE → SDPA → o → RMSNorm → gate/up → SiLU·up → down)::
+
+      A = 2·(4 + w)·h        two RMSNorms: the fp32 upcast input and the normalised input
+        + n_in·h             inputs saved by the projections: 2·w (one shared input per half-block) when
+                             the stream is already in compute dtype; 5·a under autocast from fp32, since
+                             q, k, v, gate and up each save their own cast copy
+        + 4·a·H·d            q, k, v (k/v repeated to all H heads for SDPA) and the attention output
+        + 4·H + a·s          SDPA's fp32 logsumexp and this layer's copy of the padding-mask row
+        + 4·a·i              gate, SiLU(gate), up, SiLU(gate)·up   (2·a·i for an ungated MLP)
+        + 8                  two fp32 rsqrt(variance)
+
+  with w = bytes of the residual stream (the weights' dtype; FSDP: its ``param_dtype``) and a = bytes of
+  matmul outputs (2 under bf16 autocast or with bf16 weights, 4 in ``32-true``). This is Korthikanti et al.
+  (2022, "Reducing Activation Recomputation in Large Transformer Models") — s·b·h·(34 + 5·a_h·s/h) per GPT
+  layer with fp16 activations and dropout — redone for Llama blocks: SDPA / flash attention keeps the
+  logsumexp instead of the s×s scores, softmax and dropout mask, so the quadratic term shrinks to the mask
+  row (``eager`` attention adds (4 + a)·H·s back). The counts were checked against the tensors autograd
+  saves for SmolLM2's decoder layer in 32-true, bf16-mixed and bf16-true (to a few bytes per token).
+  LoRA adds, per adapted projection, a·r for A's output and, when its input is recast by autocast, another
+  a·h copy of that input. Gradient checkpointing keeps w·h per token per layer (the layer input) plus
+  one layer's full A while it is recomputed. Outside the layers: the final norm (4 + w)·h and the
+  completion hidden states w·h per token.
+- **LM-head chunk**: steerzoo applies the head only to completion positions, ``logprob_chunk_size`` rows
+  at a time, recomputed in backward (``zoo.logprobs``): c = min(chunk, rows·(s − 1)) rows of logits are
+  alive at once, ≈ (12 + a)·c·V bytes (the a-dtype logits, their fp32 copy, logsumexp's exp buffer; in
+  backward the fp32 logits, the softmax and gather gradients and their a-dtype cast), plus the single
+  ``logits_to_keep=1`` row per sequence, rows·V·(a + 4). The reward model has no chunked head.
+- **strategy**: DDP replicates everything and adds gradient buckets (another copy of the trainable
+  gradients: ``gradient_as_bucket_view`` is off by default). FSDP (``fully_shard``) divides weights,
+  gradients and optimizer states by the world size, then adds the gathered parameters in ``param_dtype``:
+  the root (embeddings, final norm, LM head; steerzoo keeps it gathered) and two decoder layers (current and
+  prefetched; all of them with ``reshard_after_forward: false``) plus one layer's unsharded fp32 gradient.
+  ``cpu_offload`` moves the shards to host memory (reported, not counted). Activations are per device:
+  the batch size in the configs is per process.
+- **runtime**: CUDA context, cuBLAS workspaces and NCCL buffers, ~1 GiB per GPU; 0 on CPU, where the
+  "device" is the process and the plan counts memory above the process's baseline (Python, libraries,
+  tokenizer, data).
+
+The sum is an upper bound in two ways worth knowing: sequences are taken at full ``max_length`` with every
+position a completion token (real batches are padded to their longest row, and prompts do not reach the
+LM head), and gradients are counted alongside the activations (on GPU the caching allocator reuses freed
+activation blocks for them; on CPU glibc keeps freed heap pages resident, so RSS really does hold both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+GiB = 2**30
+MiB = 2**20
+Precision = Literal["32-true", "bf16-mixed", "bf16-true"]
+Strategy = Literal["single", "ddp", "fsdp"]
+Device = Literal["cuda", "cpu"]
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+PRECISION_ALIASES = {
+    "32": "32-true", "32-true": "32-true", "64-true": "32-true",
+    "bf16-mixed": "bf16-mixed", "16-mixed": "bf16-mixed", "bf16": "bf16-true", "bf16-true": "bf16-true",
+    "16-true": "bf16-true", "16": "bf16-mixed",
+}  # fp16 variants cost what their bf16 counterparts cost
+CUDA_RUNTIME_BYTES = 1 * GiB
+# projections whose input is already a matmul output (attention output, SiLU(gate)·up): autocast does not
+# copy it again; every other projection reads the normalised fp32 residual stream
+_READS_MATMUL_OUTPUT = ("o_proj", "down_proj", "dense", "out_proj", "c_proj", "fc2", "dense_4h_to_h", "wo", "w2")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the plan needs to know about a decoder-only causal LM (from ``model_facts``)."""
+
+    name: str
+    params: int  # unique parameters of the base model (a tied LM head counted once)
+    layer_params: int  # parameters of one decoder layer
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tied_embeddings: bool
+    matmul_weight_params: int  # weights of nn.Linear layers, LM head included: what autocast casts
+    quantizable_params: int  # decoder linear weights: what bitsandbytes quantizes
+    quantizable_rows: int  # their output features (8-bit keeps one fp32 scale per row)
+    stream_projections: int  # projections per layer that read the normalised residual stream (Llama: 5)
+    gated_mlp: bool
+    lora_params: int = 0
+    lora_rank: int = 0
+    lora_per_layer: int = 0  # adapted projections per decoder layer
+    lora_stream_per_layer: int = 0  # ...of which read the residual stream (another autocast copy each)
+    lora_outside_layers: int = 0  # adapter parameters outside the decoder layers (rare)
+
+
+@dataclass(frozen=True)
+class MethodFacts:
+    """How a training method uses the model.
+
+    ``rows_per_example``: sequences per example in one forward (DPO / reward model: chosen and rejected
+    concatenated, 2; SFT: 1). ``lm_head``: completion log-probs through the chunked LM head (SFT, DPO);
+    the reward model reads the last hidden state instead. ``reference``: ``frozen_copy`` (DPO live
+    reference without LoRA: a second set of weights), ``adapter_off`` (live with LoRA: the same weights),
+    ``none`` (cached reference log-probs, or no reference). ``value_head_outputs``: a trainable linear head
+    on the hidden state (reward model).
+    """
+
+    name: str
+    rows_per_example: int
+    lm_head: bool = True
+    reference: Literal["none", "frozen_copy", "adapter_off"] = "none"
+    value_head_outputs: int = 0
+
+
+def method_facts(class_name: str, init_args: dict[str, Any] | None = None, lora: bool = False) -> MethodFacts:
+    """Facts for steerzoo's methods from a config's ``model.class_path`` (last component) and ``init_args``."""
+    args = init_args or {}
+    name = class_name.rsplit(".", 1)[-1]
+    if name == "SFT":
+        return MethodFacts("SFT", rows_per_example=1)
+    if name == "DPO":
+        ref = "none"
+        if args.get("reference", "cached") == "live":
+            ref = "adapter_off" if lora and args.get("reference_model") is None else "frozen_copy"
+        return MethodFacts("DPO", rows_per_example=2, reference=ref)
+    if name == "RewardModel":
+        return MethodFacts("RewardModel", rows_per_example=2, lm_head=False, value_head_outputs=1)
+    raise ValueError(f"memory plan: unknown method {class_name!r}; known: SFT, DPO, RewardModel")
+
+
+@dataclass
+class MemoryPlan:
+    """Estimated bytes per device (one process) at the training peak, by component (see the module doc)."""
+
+    model: str
+    method: str
+    params: int
+    trainable_params: int
+    batch_size: int
+    rows: int
+    seq_len: int
+    precision: str
+    strategy: str
+    world_size: int
+    device: str
+    weights: int
+    reference: int
+    gradients: int
+    optimizer_states: int
+    comm_buffers: int
+    runtime: int
+    weight_copies: int
+    activations: int
+    lm_head: int
+    optimizer_step: int
+    host_offload: int = 0  # FSDP cpu_offload: sharded state in host memory (not in the total)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def static(self) -> int:
+        """Memory held through the whole step."""
+        return self.weights + self.reference + self.gradients + self.optimizer_states + self.comm_buffers + self.runtime
+
+    @property
+    def total(self) -> int:
+        """The peak: static memory plus the larger of the forward/backward and optimizer-step phases."""
+        return self.static + max(self.weight_copies + self.activations + self.lm_head, self.optimizer_step)
+
+    def fits(self, device_gib: float) -> bool:
+        """Whether the peak fits in ``device_gib`` GiB per device (e.g. 40 or 80 for an A100)."""
+        return self.total <= device_gib * GiB
+
+
+def _bytes(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
+
+
+def format_plan(p: MemoryPlan, device_gib: float | None = None) -> str:
+    """The plan as a table (one row per component), with a verdict when ``device_gib`` is given."""
+    per = " per device" if p.world_size > 1 else ""
+    head = (
+        f"memory plan: {p.method} on {p.model}, batch {p.batch_size} ({p.rows} rows) x {p.seq_len} tokens{per}, "
+        f"{p.precision}, {p.strategy} x{p.world_size}, {p.device}"
+    )
+    step_phase = p.weight_copies + p.activations + p.lm_head
+    rows: list[tuple[str, str]] = [
+        ("parameters", _count(p.params)),
+        ("trainable parameters", f"{_count(p.trainable_params)} ({100 * p.trainable_params / max(p.params, 1):.2f}%)"),
+        ("weights", _bytes(p.weights)),
+        ("frozen reference copy", _bytes(p.reference)),
+        ("gradients", _bytes(p.gradients)),
+        ("optimizer state (AdamW)", _bytes(p.optimizer_states)),
+        ("DDP gradient buckets", _bytes(p.comm_buffers)),
+        ("runtime (CUDA context, NCCL)", _bytes(p.runtime)),
+        ("weight copies (autocast / FSDP gathered)", _bytes(p.weight_copies)),
+        ("activations", _bytes(p.activations)),
+        ("LM-head chunk", _bytes(p.lm_head)),
+        ("optimizer step temporaries", _bytes(p.optimizer_step) + ("  (peak phase)" if p.optimizer_step > step_phase else "")),
+    ]
+    if p.host_offload:
+        rows.append(("host memory (FSDP cpu_offload)", _bytes(p.host_offload)))
+    rows.append(("total (peak)", _bytes(p.total)))
+    width = max(len(r[0]) for r in rows)
+    lines = [head, "-" * len(head)] + [f"{k:<{width}}  {v:>22}" for k, v in rows]
+    if device_gib is not None:
+        used = 100 * p.total / (device_gib * GiB)
+        verdict = "fits" if p.fits(device_gib) else "does NOT fit"
+        lines.append(f"verdict: {verdict} in {device_gib:g} GiB per device ({used:.0f}% of it)")
+    lines += [f"note: {n}" for n in p.notes]
+    return "\n".join(lines)
+
+
+# ---- model facts from a config, on the meta device -------------------------------------------------------
+def load_model_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The transformers config of a backbone, from local files only (builtins, a directory, the HF cache)."""
+    from transformers import AutoConfig
+
+    from zoo.backbone import BUILTIN_TINY, resolve_path
+
+    if name_or_path == BUILTIN_TINY:
+        from zoo.tiny import SPECIAL_TOKENS, tiny_config
+
+        return tiny_config(256 + len(SPECIAL_TOKENS))
+    path = resolve_path(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except OSError as err:
+        raise FileNotFoundError(
+            f"memory plan: no config.json for {name_or_path!r} in a local directory or the local HF cache "
+            f"(the plan never downloads). Fetch it once with `hf download {name_or_path} config.json`."
+        ) from err
+
+
+def meta_model(config, lora: Any | None = None) -> nn.Module:
+    """``AutoModelForCausalLM.from_config`` on the meta device (no memory), LoRA-wrapped if asked.
+    ``lora``: anything with ``r``, ``alpha``, ``dropout``, ``target_modules`` (``zoo.backbone.LoraSettings``)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    if lora is not None:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora_cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
+                              lora_dropout=lora.dropout, target_modules=lora.target_modules)
+        model = get_peft_model(model, lora_cfg)
+    return model
+
+
+def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for p in params:
+        seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def model_facts(model: nn.Module, name: str = "") -> ModelFacts:
+    """Counts from a (meta or real, possibly PEFT-wrapped) Llama-style causal LM."""
+    from zoo.backbone import base_model
+
+    base = base_model(model)
+    cfg = base.config
+    layers = _decoder_layers(base)
+    lora = [p for n, p in model.named_parameters() if ".lora_" in n]
+    base_params = [p for n, p in base.named_parameters() if ".lora_" not in n]
+    head, embed = base.get_output_embeddings(), base.get_input_embeddings()
+
+    def plain_linears(module: nn.Module) -> list[tuple[str, nn.Linear]]:
+        # PEFT wraps a linear as <name>.base_layer; count the wrapped layer once, by its own name
+        out = []
+        for n, m in module.named_modules():
+            if isinstance(m, nn.Linear) and ".lora_" not in n and not n.endswith(("lora_A", "lora_B")):
+                out.append((n.removesuffix(".base_layer"), m))
+        return out
+
+    layer_linears = plain_linears(layers[0])
+    all_linears = _unique(m.weight for _, m in plain_linears(base))
+    short = [n.rsplit(".", 1)[-1] for n, _ in layer_linears]
+    adapted = [n.rsplit(".", 1)[-1] for n, m in layers[0].named_modules() if hasattr(m, "lora_A") and len(m.lora_A)]
+    lora_in_layers = sum(p.numel() for layer in layers for n, p in layer.named_parameters() if ".lora_" in n)
+    heads = cfg.num_attention_heads
+    return ModelFacts(
+        name=name or getattr(cfg, "name_or_path", "") or type(base).__name__,
+        params=sum(p.numel() for p in _unique(base_params)),
+        layer_params=sum(p.numel() for n, p in layers[0].named_parameters() if ".lora_" not in n),
+        num_layers=len(layers),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size,
+        num_heads=heads,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        vocab_size=cfg.vocab_size,
+        tied_embeddings=head is not None and head.weight is embed.weight,
+        matmul_weight_params=sum(w.numel() for w in all_linears),
+        quantizable_params=len(layers) * sum(m.weight.numel() for _, m in layer_linears),
+        quantizable_rows=len(layers) * sum(m.out_features for _, m in layer_linears),
+        stream_projections=sum(not n.endswith(_READS_MATMUL_OUTPUT) for n in short),
+        gated_mlp=any("gate" in n for n in short),
+        lora_params=sum(p.numel() for p in lora),
+        lora_rank=max((p.shape[0] for n, p in model.named_parameters() if ".lora_A" in n), default=0),
+        lora_per_layer=len(adapted),
+        lora_stream_per_layer=sum(not n.endswith(_READS_MATMUL_OUTPUT) for n in adapted),
+        lora_outside_layers=sum(p.numel() for p in lora) - lora_in_layers,
+    )
+
+
+def _decoder_layers(base: nn.Module) -> nn.ModuleList:
+    trunk = base.get_decoder()
+    for attr in ("layers", "h", "blocks"):  # Llama/Mistral/Qwen, GPT-2/NeoX-style, others
+        layers = getattr(trunk, attr, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ValueError(f"memory plan: cannot find the decoder layers of {type(trunk).__name__}")
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FsdpSettings:
+    """The FSDP2 options that change memory (mirrors ``lightning_modules.base.ShardingSettings``)."""
+
+    param_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False
+    reshard_after_forward: bool = True
+
+
+def layer_activation_bytes(
+    m: ModelFacts, seq_len: int, w: int, a: int, attn_implementation: str | None = "sdpa"
+) -> int:
+    """Bytes autograd keeps per token for one decoder layer (the formula in the module docstring)."""
+    h, i, heads, d = m.hidden_size, m.intermediate_size, m.num_heads, m.head_dim
+    proj_inputs = 2 * w * h if w == a else m.stream_projections * a * h  # autocast recasts per projection
+    attn = 4 * a * heads * d + 4 * heads + a * seq_len
+    if attn_implementation == "eager":  # scores' fp32 softmax and its cast, s per head
+        attn += (4 + a) * heads * seq_len
+    mlp = (4 if m.gated_mlp else 2) * a * i
+    lora = m.lora_per_layer * a * m.lora_rank + (m.lora_stream_per_layer * a * h if w != a else 0)
+    return 2 * (4 + w) * h + proj_inputs + attn + mlp + 8 + lora
+
+
+def plan(
+    model: ModelFacts,
+    method: MethodFacts,
+    batch_size: int,
+    seq_len: int,
+    *,
+    precision: str = "bf16-mixed",
+    strategy: Strategy = "single",
+    world_size: int = 1,
+    weight_dtype: str = "float32",
+    quantization: Literal["4bit", "8bit"] | None = None,
+    lora: bool | None = None,
+    gradient_checkpointing: bool = False,
+    logprob_chunk_size: int = 1024,
+    attn_implementation: str | None = "sdpa",
+    device: Device = "cuda",
+    fsdp: FsdpSettings | None = None,
+) -> MemoryPlan:
+    """Per-device training memory (see the module docstring for every term).
+
+    ``batch_size`` is examples per process per step; ``seq_len`` the padded length (``tokenize.max_length``);
+    ``lora`` defaults to whether ``model`` carries adapters.
+    """
+    precision = PRECISION_ALIASES.get(str(precision), str(precision))
+    if precision not in ("32-true", "bf16-mixed", "bf16-true"):
+        raise ValueError(f"memory plan: unsupported precision {precision!r} (32-true, bf16-mixed, bf16-true)")
+    if strategy not in ("single", "ddp", "fsdp"):
+        raise ValueError(f"memory plan: unknown strategy {strategy!r} (single, ddp, fsdp)")
+    if strategy == "single" and world_size != 1:
+        raise ValueError("memory plan: strategy 'single' runs one process; use ddp or fsdp for world_size > 1")
+    lora = model.lora_params > 0 if lora is None else lora
+    if quantization is not None and not lora:
+        raise ValueError("memory plan: quantization trains nothing without LoRA (QLoRA)")
+    if lora and model.lora_params == 0:
+        raise ValueError("memory plan: lora=True but the model facts carry no adapters (model_facts of a PEFT model)")
+    if strategy == "fsdp" and quantization is not None:
+        raise ValueError("memory plan: FSDP with bitsandbytes-quantized weights is not supported (use ddp)")
+    notes: list[str] = []
+    fsdp = fsdp or FsdpSettings()
+    sharded = strategy == "fsdp"
+    shards = world_size if sharded else 1
+
+    # dtypes: w = weight/residual-stream bytes, a = matmul-output bytes, t = trainable-parameter bytes
+    w_param = 2 if precision == "bf16-true" else DTYPE_BYTES[weight_dtype]
+    t = w_param if not lora else (2 if precision == "bf16-true" else 4)  # PEFT keeps adapters in fp32
+    w = w_param
+    if sharded:
+        w = min(w, DTYPE_BYTES[fsdp.param_dtype])  # gathered parameters compute in param_dtype
+    if quantization is not None:
+        w = 4 if precision != "bf16-true" else 2  # prepare_model_for_kbit_training: norms, embeddings fp32
+    a = 4 if (precision == "32-true" and w == 4) else 2
+
+    # parameters, weights
+    h, vocab, n_layers = model.hidden_size, model.vocab_size, model.num_layers
+    value_head = method.value_head_outputs * (h + 1)
+    trainable = (model.lora_params if lora else model.params) + value_head
+    if method.value_head_outputs and not lora and not model.tied_embeddings:
+        trainable -= vocab * h  # the reward model freezes an untied LM head it never uses
+    if quantization is not None:
+        per_param = 0.5 + 1 / 64 + 4 / (64 * 256) if quantization == "4bit" else 1.0
+        qbytes = model.quantizable_params * per_param + (4 * model.quantizable_rows if quantization == "8bit" else 0)
+        weights = int(qbytes) + (model.params - model.quantizable_params) * w
+    else:
+        weights = model.params * w_param
+    weights += (model.lora_params if lora else 0) * t + value_head * 4
+    if method.reference == "frozen_copy":
+        if sharded:
+            raise ValueError("memory plan: DPO live reference without LoRA is not supported under FSDP")
+        reference = model.params * w_param
+    else:
+        reference = 0
+    gradients = trainable * t
+    optimizer_states = 2 * trainable * t
+    optimizer_step = trainable * t  # foreach AdamW: sqrt(exp_avg_sq) for every parameter at once
+    host = 0
+    if sharded:
+        weights, gradients, optimizer_states, optimizer_step = (
+            -(-x // shards) for x in (weights, gradients, optimizer_states, optimizer_step)
+        )
+        if fsdp.cpu_offload:
+            host = weights + gradients + optimizer_states + optimizer_step
+            weights = gradients = optimizer_states = optimizer_step = 0
+            notes.append("FSDP cpu_offload: sharded weights, gradients and optimizer state live in host memory")
+    comm = gradients if strategy == "ddp" else 0
+    runtime = CUDA_RUNTIME_BYTES if device == "cuda" else 0
+
+    # weight copies: autocast's low-precision weights, or FSDP's gathered parameters
+    if sharded:
+        p_bytes = DTYPE_BYTES[fsdp.param_dtype]
+        root = model.params - n_layers * model.layer_params
+        live_layers = n_layers if not fsdp.reshard_after_forward else min(2, n_layers)
+        copies = (root + live_layers * model.layer_params) * p_bytes + model.layer_params * 4  # + one unsharded grad
+    elif precision == "bf16-mixed" and w_param == 4:
+        if quantization is not None:  # only the LM head is cast; dequantized layers are transient
+            copies = vocab * h * a + 2 * model.layer_params * 4
+        else:
+            copies = model.matmul_weight_params * a
+    else:
+        copies = 0
+
+    # activations
+    rows = method.rows_per_example * batch_size
+    tokens = rows * seq_len
+    per_layer = layer_activation_bytes(model, seq_len, w, a, attn_implementation)
+    checkpointing = gradient_checkpointing or (sharded and fsdp.activation_checkpointing)
+    if checkpointing:
+        layers_bytes = tokens * (n_layers * w * h + per_layer)
+        notes.append("gradient checkpointing: each layer keeps its input; one layer is recomputed at a time")
+    else:
+        layers_bytes = tokens * n_layers * per_layer
+    activations = layers_bytes + tokens * ((4 + w) * h + w * h)  # final norm, completion hidden states
+    last_row_logits = rows * vocab * (a + 4)  # logits_to_keep=1: one row per sequence
+    if method.lm_head:
+        chunk = min(logprob_chunk_size, rows * (seq_len - 1))
+        lm_head = (12 + a) * chunk * vocab + last_row_logits
+    else:
+        lm_head = last_row_logits
+    if method.reference == "frozen_copy":
+        notes.append("DPO reference: live without LoRA holds a frozen copy of the weights")
+    if device == "cpu":
+        notes.append("CPU: memory above the process baseline (libraries, tokenizer, data); no CUDA runtime")
+    return MemoryPlan(
+        model=model.name, method=method.name, params=model.params, trainable_params=trainable,
+        batch_size=batch_size, rows=rows, seq_len=seq_len, precision=precision, strategy=strategy,
+        world_size=world_size, device=device, weights=weights, reference=reference, gradients=gradients,
+        optimizer_states=optimizer_states, comm_buffers=comm, runtime=runtime, weight_copies=copies,
+        activations=activations, lm_head=lm_head, optimizer_step=optimizer_step, host_offload=host, notes=notes,
+    )
+
+
+def as_dict(p: MemoryPlan) -> dict[str, Any]:
+    """The plan's fields plus its total (e.g. for JSON output)."""
+    return {**dataclasses.asdict(p), "total": p.total}
