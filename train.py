@@ -16,8 +16,15 @@ import lightning_modules  # noqa: E402,F401
 from callbacks.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 
 
+class SteerZooCLI(LightningCLI):
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would overwrite the command line with the checkpoint's hyper-parameters; here the
+        configs and flags you pass win (e.g. ``--model.init_args.steer`` at predict time) and the
+        checkpoint supplies the weights (a mismatch is refused by the module with a clear error)."""
+
+
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    return LightningCLI(
+    return SteerZooCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},  # re-running in the same folder must not crash

@@ -157,8 +157,8 @@ def run_steerzoo(precision: str, warmup: int, steps: int) -> dict[str, Any]:
 
 def run_trl(precision: str, warmup: int, steps: int, precompute: bool) -> dict[str, Any]:
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
     from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
 
     module, dm, order = build_data((warmup + steps) * BATCH)
     ds = dm.datasets["train"]
@@ -304,7 +304,9 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args.worker, args.precision[0], args.warmup, args.steps, args.result)
-    import torch, transformers, trl  # noqa: E401  (versions for the record)
+    import torch  # noqa: E401  (versions for the record)
+    import transformers
+    import trl
 
     sides = SIDES[:2] if args.no_precompute else SIDES
     results: dict[str, dict[str, dict[str, Any]]] = {}

@@ -53,7 +53,6 @@ class SavePretrained(L.Callback):
 def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
     """A checkpoint as one dict: a file (``weights_only=True``) or a sharded (distributed) checkpoint
     directory written by ``ModelParallelStrategy``, consolidated in memory."""
-    import torch
 
     path = Path(path)
     if path.is_dir():

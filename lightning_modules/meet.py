@@ -186,12 +186,19 @@ class MEET(CausalLMModule):
         t = self._trainer
         if t is None:
             return 1
-        total = int(t.estimated_stepping_batches)  # also sets up the train loader, so the batch count is known
         epochs = self.phases.first_epochs if self.phase == 1 else self.phases.second_epochs
-        if math.isinf(t.num_training_batches) or not epochs:
-            return max(total, 1)
-        per_epoch = math.ceil(t.num_training_batches / t.accumulate_grad_batches)
-        return max(min(per_epoch * epochs, total), 1)
+        # Not trainer.estimated_stepping_batches: with max_epochs set it builds Lightning's train loader now,
+        # before a checkpoint is restored, and the loader's saved position (mid-epoch resume) is then never
+        # applied. The datamodule's own loader gives the batch count without touching Lightning's state.
+        dm = getattr(t, "datamodule", None)
+        try:
+            batches = len(dm.train_dataloader())
+        except (AttributeError, TypeError, KeyError, NotImplementedError):
+            return max(t.max_steps, 1)  # unknown length: a schedule as long as the run (or constant)
+        limit = t.limit_train_batches
+        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+        steps = math.ceil(batches / t.accumulate_grad_batches) * max(epochs, 1)
+        return max(min(steps, t.max_steps) if t.max_steps > 0 else steps, 1)
 
     def on_fit_start(self) -> None:
         total = self.phases.first_epochs + self.phases.second_epochs

@@ -55,3 +55,29 @@ def test_predict_writes_jsonl_and_resume_from_last(tmp_cwd):
           f"--trainer.callbacks.output_path={out}", "--ckpt_path", str(ckpts[0])])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3 and {"prompt", "completion", "truncated", "idx"} <= set(rows[0])
+
+
+def test_cmpo_fit_resume_and_predict_with_two_weight_vectors(tmp_cwd):
+    """configs/cmpo.yaml end to end on the tiny model: fit (stopping mid-run), resume, then predict with
+    two different steering vectors; the saved directory reloads its trained heads."""
+    no_lora = tmp_cwd / "no_lora.yaml"  # the tiny model trains fully; a YAML null removes the LoRA block
+    no_lora.write_text("model:\n  init_args:\n    backbone:\n      lora: null\n")
+    cmpo = ["--config", str(no_lora), "--data.init_args.max_samples",
+            '{"train": 24, "validation": 4, "predict": 3}', "--data.init_args.batch_size", "2"]
+    cli("cmpo", "fit", tmp_cwd, *cmpo, "--trainer.max_steps", "2")
+    cli("cmpo", "fit", tmp_cwd, *cmpo, "--trainer.max_steps", "4", "--ckpt_path", "last")
+    last = tmp_cwd / "runs" / "cmpo" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    assert list((tmp_cwd / "runs" / "cmpo").rglob("steering/sweep.png"))
+    outputs = {}
+    for name, steer in (("v", '{"verbosity": 1.0}'), ("s", '{"sentiment": 1.0}')):
+        out = tmp_cwd / f"preds_{name}.jsonl"
+        main(["predict", "--config", str(ROOT / "configs" / "cmpo.yaml"), *TINY, *cmpo,
+              "--trainer.default_root_dir", str(tmp_cwd), "--model.init_args.steer", steer,
+              "--trainer.callbacks", f"[{{class_path: callbacks.artifacts.JsonlPredictionWriter, init_args: "
+              f"{{output_path: {out}}}}}]", "--ckpt_path", str(last)])
+        outputs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert outputs["v"][0]["steer"] == {"verbosity": 1.0, "sentiment": 0.0}
+    assert outputs["s"][0]["steer"] == {"verbosity": 0.0, "sentiment": 1.0}
+    hf = sorted((tmp_cwd / "runs" / "cmpo").rglob("hf/plural_heads.safetensors"))
+    assert hf and (hf[-1].parent / "cmpo.json").exists()

@@ -138,7 +138,11 @@ def load_backbone(cfg: BackboneConfig) -> nn.Module:
             raise ValueError("backbone.quantization trains nothing without backbone.lora (QLoRA)")
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},  # as below; torch warns when it is left unset
+        )
         import bitsandbytes as bnb
 
         for module in model.modules():

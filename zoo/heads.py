@@ -31,3 +31,33 @@ class ValueHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, H] -> [N, k] (fp32, whatever the trunk's precision)."""
         return self.linear(self.dropout(hidden).to(self.linear.weight.dtype)).float()
+
+
+class AttributeClassHead(nn.Module):
+    """One ``num_classes``-way classifier per named attribute (SteerLM's attribute prediction model with
+    Likert classes, CMPO thesis §5.3.1): hidden [N, H] -> logits [N, k, C].
+
+    One linear map to k·C outputs, read as k independent blocks of C: the same thing as k separate
+    heads, in one matmul. Small weights and zero bias, so every class starts near-uniform.
+    """
+
+    def __init__(self, hidden_size: int, names: list[str], num_classes: int = 5, dropout: float = 0.0):
+        super().__init__()
+        self.names, self.num_classes = list(names), num_classes
+        if not self.names or len(set(self.names)) != len(self.names):
+            raise ValueError(f"AttributeClassHead needs unique attribute names, got {self.names}")
+        if num_classes < 2:
+            raise ValueError(f"AttributeClassHead needs at least 2 classes, got {num_classes}")
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, len(self.names) * num_classes)
+        nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1))
+        nn.init.zeros_(self.linear.bias)
+
+    @property
+    def k(self) -> int:
+        return len(self.names)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> [N, k, C] (fp32, whatever the trunk's precision)."""
+        out = self.linear(self.dropout(hidden).to(self.linear.weight.dtype)).float()
+        return out.view(hidden.shape[0], self.k, self.num_classes)

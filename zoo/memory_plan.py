@@ -42,8 +42,10 @@ Per device, at the training peak::
   logsumexp instead of the s×s scores, softmax and dropout mask, so the quadratic term shrinks to the mask
   row (``eager`` attention adds (4 + a)·H·s back). The counts were checked against the tensors autograd
   saves for SmolLM2's decoder layer in 32-true, bf16-mixed and bf16-true (to a few bytes per token).
-  LoRA adds, per adapted projection, a·r for A's output and, when its input is recast by autocast, another
-  a·h copy of that input. Gradient checkpointing keeps w·h per token per layer (the layer input) plus
+  With LoRA the base is frozen, which changes what is saved: frozen norms keep only their fp32 input
+  (2·4·h), frozen projections save no input, each adapted projection's A saves its input (a fresh a-dtype
+  copy under autocast: a·h for q/k/v/gate/up, a·H·d for o, a·i for down) and its output (a·r), and the
+  MLP keeps 3·a·i (``layer_activation_bytes``). Gradient checkpointing keeps w·h per token per layer plus
   one layer's full A while it is recomputed. Outside the layers: the final norm (4 + w)·h and the
   completion hidden states w·h per token.
 - **LM-head chunk**: steerzoo applies the head only to completion positions, ``logprob_chunk_size`` rows
@@ -118,7 +120,10 @@ class ModelFacts:
     lora_params: int = 0
     lora_rank: int = 0
     lora_per_layer: int = 0  # adapted projections per decoder layer
-    lora_stream_per_layer: int = 0  # ...of which read the residual stream (another autocast copy each)
+    lora_stream_per_layer: int = 0  # ...of which read the normalised residual stream (q, k, v, gate, up)
+    lora_stream_groups: int = 0  # half-blocks (attention, MLP) with at least one such adapted projection
+    lora_attn_out_features: int = 0  # input features of an adapted attention-output projection (H·d)
+    lora_mlp_out_features: int = 0  # input features of an adapted MLP-output projection (i)
     lora_outside_layers: int = 0  # adapter parameters outside the decoder layers (rare)
 
 
@@ -311,7 +316,10 @@ def model_facts(model: nn.Module, name: str = "") -> ModelFacts:
     layer_linears = plain_linears(layers[0])
     all_linears = _unique(m.weight for _, m in plain_linears(base))
     short = [n.rsplit(".", 1)[-1] for n, _ in layer_linears]
-    adapted = [n.rsplit(".", 1)[-1] for n, m in layers[0].named_modules() if hasattr(m, "lora_A") and len(m.lora_A)]
+    adapted = [(n, m) for n, m in layers[0].named_modules() if hasattr(m, "lora_A") and len(m.lora_A)]
+    adapted_stream = [n for n, _ in adapted if not n.endswith(_READS_MATMUL_OUTPUT)]
+    inner = [(n, m) for n, m in adapted if n.endswith(_READS_MATMUL_OUTPUT)]
+    intermediate = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size
     lora_in_layers = sum(p.numel() for layer in layers for n, p in layer.named_parameters() if ".lora_" in n)
     heads = cfg.num_attention_heads
     return ModelFacts(
@@ -320,7 +328,7 @@ def model_facts(model: nn.Module, name: str = "") -> ModelFacts:
         layer_params=sum(p.numel() for n, p in layers[0].named_parameters() if ".lora_" not in n),
         num_layers=len(layers),
         hidden_size=cfg.hidden_size,
-        intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size,
+        intermediate_size=intermediate,
         num_heads=heads,
         num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
         head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
@@ -334,7 +342,10 @@ def model_facts(model: nn.Module, name: str = "") -> ModelFacts:
         lora_params=sum(p.numel() for p in lora),
         lora_rank=max((p.shape[0] for n, p in model.named_parameters() if ".lora_A" in n), default=0),
         lora_per_layer=len(adapted),
-        lora_stream_per_layer=sum(not n.endswith(_READS_MATMUL_OUTPUT) for n in adapted),
+        lora_stream_per_layer=len(adapted_stream),
+        lora_stream_groups=len({n.rsplit(".", 1)[0] for n in adapted_stream}),
+        lora_attn_out_features=sum(m.in_features for n, m in inner if m.in_features != intermediate),
+        lora_mlp_out_features=sum(m.in_features for n, m in inner if m.in_features == intermediate),
         lora_outside_layers=sum(p.numel() for p in lora) - lora_in_layers,
     )
 
@@ -361,17 +372,39 @@ class FsdpSettings:
 
 
 def layer_activation_bytes(
-    m: ModelFacts, seq_len: int, w: int, a: int, attn_implementation: str | None = "sdpa"
+    m: ModelFacts,
+    seq_len: int,
+    w: int,
+    a: int,
+    attn_implementation: str | None = "sdpa",
+    lora: bool = False,
+    adapter_bytes: int = 4,
 ) -> int:
-    """Bytes autograd keeps per token for one decoder layer (the formula in the module docstring)."""
+    """Bytes autograd keeps per token for one decoder layer (the formula in the module docstring).
+
+    With ``lora`` (frozen base): a frozen norm keeps only its fp32 input (4·h); a frozen projection saves
+    no input (no weight gradient to compute); each adapted projection's A saves its input, a fresh a-dtype
+    copy under autocast (PEFT casts the input to the fp32 adapter dtype, autocast casts it back), else the
+    shared input (one w·h per half-block for q/k/v and gate/up; o's input is a view of the attention output,
+    already counted); A's output a·r is saved for B. The SiLU·up product is then kept only by an adapted
+    down projection (counted with its input).
+    """
     h, i, heads, d = m.hidden_size, m.intermediate_size, m.num_heads, m.head_dim
-    proj_inputs = 2 * w * h if w == a else m.stream_projections * a * h  # autocast recasts per projection
     attn = 4 * a * heads * d + 4 * heads + a * seq_len
-    if attn_implementation == "eager":  # scores' fp32 softmax and its cast, s per head
+    if attn_implementation == "eager":  # the fp32 softmax of the scores and its cast, s per head
         attn += (4 + a) * heads * seq_len
-    mlp = (4 if m.gated_mlp else 2) * a * i
-    lora = m.lora_per_layer * a * m.lora_rank + (m.lora_stream_per_layer * a * h if w != a else 0)
-    return 2 * (4 + w) * h + proj_inputs + attn + mlp + 8 + lora
+    if not lora:
+        norms = 2 * (4 + w) * h
+        proj_inputs = 2 * w * h if w == a else m.stream_projections * a * h  # autocast recasts per projection
+        mlp = (4 if m.gated_mlp else 2) * a * i
+        return norms + proj_inputs + attn + mlp + 8
+    if a != adapter_bytes:  # recast: every adapted projection saves its own copy
+        inputs = m.lora_stream_per_layer * a * h + a * (m.lora_attn_out_features + m.lora_mlp_out_features)
+    else:
+        inputs = m.lora_stream_groups * w * h + a * m.lora_mlp_out_features
+    adapters = inputs + m.lora_per_layer * a * m.lora_rank
+    mlp = (3 if m.gated_mlp else 1) * a * i
+    return 2 * 4 * h + adapters + attn + mlp + 8
 
 
 def plan(
@@ -467,8 +500,8 @@ def plan(
         live_layers = n_layers if not fsdp.reshard_after_forward else min(2, n_layers)
         copies = (root + live_layers * model.layer_params) * p_bytes + model.layer_params * 4  # + one unsharded grad
     elif precision == "bf16-mixed" and w_param == 4:
-        if quantization is not None:  # only the LM head is cast; dequantized layers are transient
-            copies = vocab * h * a + 2 * model.layer_params * 4
+        if quantization is not None:  # the LM head's cast, and at most a layer's worth dequantized at once
+            copies = vocab * h * a + model.layer_params * 4
         else:
             copies = model.matmul_weight_params * a
     else:
@@ -477,7 +510,7 @@ def plan(
     # activations
     rows = method.rows_per_example * batch_size
     tokens = rows * seq_len
-    per_layer = layer_activation_bytes(model, seq_len, w, a, attn_implementation)
+    per_layer = layer_activation_bytes(model, seq_len, w, a, attn_implementation, lora=lora, adapter_bytes=t)
     checkpointing = gradient_checkpointing or (sharded and fsdp.activation_checkpointing)
     if checkpointing:
         layers_bytes = tokens * (n_layers * w * h + per_layer)

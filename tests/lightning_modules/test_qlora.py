@@ -41,12 +41,19 @@ def _raw(t: torch.Tensor) -> torch.Tensor:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).clone()
 
 
+def _scales(layer: torch.nn.Module) -> torch.Tensor:
+    """An 8-bit layer's fp32 row scales (int8 weight x scale / 127 = the weight)."""
+    return layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
+
+
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Raw bytes of every parameter and buffer, plus the 4-bit layers' quantization state
     (absmax and, with double quantization, its own absmax/code), which live outside parameters."""
     snap = {f"param:{n}": _raw(p) for n, p in module.named_parameters()}
     snap.update({f"buffer:{n}": _raw(b) for n, b in module.named_buffers()})
     for name, mod in module.named_modules():
+        if isinstance(mod, bnb.nn.Linear8bitLt):  # row scales: on the weight until the first forward moves them
+            snap[f"quant:{name}.SCB"] = _raw(_scales(mod))
         if not isinstance(mod, bnb.nn.Linear4bit):
             continue
         state = mod.weight.quant_state
@@ -113,7 +120,7 @@ def test_qlora_gradients_equal_the_dequantized_float_model(tiny_dir, quantizatio
         if isinstance(mod, bnb.nn.Linear4bit):
             weight = bnb.functional.dequantize_4bit(mod.weight.data, mod.weight.quant_state)
         elif isinstance(mod, bnb.nn.Linear8bitLt):
-            weight = mod.weight.data.float() * mod.weight.SCB[:, None] / 127  # row-wise absmax int8
+            weight = mod.weight.data.float() * _scales(mod)[:, None] / 127  # row-wise absmax int8
         else:
             continue
         with torch.no_grad():

@@ -1,0 +1,369 @@
+"""SteerLM, the CMPO thesis's third baseline (Manyika 2024, §5.3.1, Table A.1): an attribute prediction
+model (APM) and an attribute-conditioned SFT model (ACM), after SteerLM (Dong et al., 2023) as used for
+HelpSteer (Wang et al., 2023), with the thesis's two changes: the APM classifies each attribute into 5
+Likert classes with cross-entropy (not regression), and the ACM trains on HelpSteer + OASST.
+
+Likert classes. A score s on its declared scale [lo, hi] is class c = round((s − lo) / (hi − lo) · (C − 1)),
+C = 5: HelpSteer's 0-4 ratings stay as they are; OASST's [0, 1] labels become round(4v), NeMo-Aligner's
+conversion (Python's round, so an exact half goes to the even class: 0.625 -> 2, 0.875 -> 4).
+
+Template (Table A.1; the thesis text lost its newlines, ours follow NeMo-Aligner: marker, newline, text,
+newline). A conversation [system?, user, assistant, ..., user] renders as
+
+    <extra_id_0>System\\n{system}\\n<extra_id_0>User\\n{user}\\n...<extra_id_1>Assistant\\n
+
+and the response follows (then EOS). The ACM puts one more line right after that last assistant marker,
+``{label_prefix}{ratings}\\n``, with ratings in NeMo's linearised form ``helpfulness:4,verbosity:0``;
+the response follows it. Presets (``template``): ``thesis`` (the markers printed in Table A.1, no label
+prefix) or ``nemo`` (``<extra_id_1>User``, label prefix ``<extra_id_2>``, as NeMo-Aligner's SteerLM data).
+
+Where the thesis is silent (our choices):
+- system prompt: NeMo-Aligner's SteerLM one (below); a record's own system turn replaces it; ``None``
+  drops the system block;
+- ``marker_tokens``: ``text`` (default; the markers are ordinary text, Llama-2 has none of them) or
+  ``special`` (added to the tokenizer as special tokens; the embeddings grow, new rows initialised by
+  transformers' mean resizing; with LoRA they stay frozen at that initialisation);
+- earlier assistant turns of a multi-turn prompt carry no ratings (records rate only the final reply);
+- APM: reads the trunk's last-token hidden state after prompt + response + EOS (as the reward model
+  does); a record's missing attributes are ignored (target −100); loss = mean cross-entropy over the
+  labelled (record, attribute) entries of the batch; labels are the argmax class;
+- ACM: the ratings line lists the record's own labelled attributes in the configured order (NeMo leaves
+  missing labels out too); a record with none of them yields no example; the loss is the NLL of the
+  response tokens only (not the ratings, not the prompt);
+- ACM inference: ``steer_attribute: X`` sets X to C − 1 = 4 and every other attribute to 0, as the thesis
+  evaluates; ``steer_ratings`` gives any vector (missing attributes 0);
+- the thesis trains the ACM on APM-labelled data: ``SteerLMAttributeModel.label_records`` makes those
+  labels; the configs train on the datasets' own labels (relabelling is a separate, offline step).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass
+from lightning_modules.sft import SFT
+from zoo.backbone import base_model, resolve_path
+from zoo.collate import IGNORE_INDEX, PadCollator, TokenizeSettings, tokenize_examples
+from zoo.heads import AttributeClassHead
+from zoo.logprobs import last_token_hidden
+from zoo.records import ScoredResponse
+
+LIKERT_CLASSES = 5
+NEMO_SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+MARKERS = ("<extra_id_0>", "<extra_id_1>", "<extra_id_2>")
+HEAD_FILE, HEAD_META = "attribute_head.safetensors", "attribute_head.json"
+TemplateName = Literal["thesis", "nemo"]
+
+
+@dataclass(frozen=True)
+class Template:
+    system: str
+    user: str
+    assistant: str
+    label_prefix: str
+
+
+TEMPLATES = {
+    "thesis": Template("<extra_id_0>System", "<extra_id_0>User", "<extra_id_1>Assistant", ""),
+    "nemo": Template("<extra_id_0>System", "<extra_id_1>User", "<extra_id_1>Assistant", "<extra_id_2>"),
+}
+
+
+def likert_class(score: float, scale: Sequence[float], num_classes: int = LIKERT_CLASSES) -> int:
+    """c = round((s − lo) / (hi − lo) · (C − 1)) (see the module docstring)."""
+    lo, hi = scale
+    return int(round((score - lo) / (hi - lo) * (num_classes - 1)))
+
+
+def record_classes(record: ScoredResponse, attributes: Sequence[str], num_classes: int = LIKERT_CLASSES) -> dict[str, int]:
+    """The record's labelled attributes among ``attributes``, as Likert classes."""
+    return {a: likert_class(record.scores[a], record.scales[a], num_classes) for a in attributes if a in record.scores}
+
+
+def ratings_string(ratings: Mapping[str, int], attributes: Sequence[str]) -> str:
+    """NeMo's linearised ratings in the configured order, e.g. ``helpfulness:4,verbosity:0``."""
+    return ",".join(f"{a}:{int(ratings[a])}" for a in attributes if a in ratings)
+
+
+def render(
+    messages: Sequence[Mapping[str, str]],
+    template: TemplateName = "thesis",
+    system_prompt: str | None = NEMO_SYSTEM_PROMPT,
+    ratings: str | None = None,
+) -> str:
+    """Table A.1's prompt text up to where the response starts; ``ratings`` adds the ACM's line."""
+    t = TEMPLATES[template]
+    messages = list(messages)
+    if messages and messages[0]["role"] == "system":
+        system_prompt = messages.pop(0)["content"]
+    parts = [f"{t.system}\n{system_prompt}\n"] if system_prompt is not None else []
+    parts += [f"{t.user if m['role'] == 'user' else t.assistant}\n{m['content']}\n" for m in messages]
+    parts.append(f"{t.assistant}\n")
+    if ratings is not None:
+        parts.append(f"{t.label_prefix}{ratings}\n")
+    return "".join(parts)
+
+
+def as_plain_prompt(text: str) -> list[dict[str, str]]:
+    """One turn holding the rendered text: ``prompt_format: plain`` tokenizes it exactly as it is."""
+    return [{"role": "user", "content": text}]
+
+
+def attribute_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """APM loss: L = −Σ_(i,j) m_ij log softmax(z_ij)[c_ij] / Σ m_ij, for logits z [N, k, C] and classes
+    c [N, k], m_ij = 1 where c_ij ≠ −100 (attribute j of record i is labelled). 0 with nothing labelled."""
+    flat, target = logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    if not (target != IGNORE_INDEX).any():
+        return flat.sum() * 0.0  # keeps the graph (DDP needs every parameter used)
+    return F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX)
+
+
+def _plain_settings(tokenize: TokenizeSettings | dict | None) -> TokenizeSettings:
+    """SteerLM renders its own template, so prompts must be tokenized as plain text."""
+    settings = as_dataclass(TokenizeSettings, tokenize)
+    if tokenize is None or (isinstance(tokenize, dict) and "prompt_format" not in tokenize):
+        settings.prompt_format = "plain"
+    if settings.prompt_format != "plain":
+        raise ValueError("SteerLM renders Table A.1's template itself: set model.init_args.tokenize.prompt_format: "
+                         f"plain (got {settings.prompt_format!r})")
+    return settings
+
+
+class _SteerLM(CausalLMModule):
+    """What the APM and the ACM share: attributes, template, Likert classes, optional marker tokens."""
+
+    record_kind = "scored"
+
+    def __init__(
+        self,
+        attributes: list[str] | None = None,
+        template: TemplateName = "thesis",
+        system_prompt: str | None = NEMO_SYSTEM_PROMPT,
+        marker_tokens: Literal["text", "special"] = "text",
+        num_classes: int = LIKERT_CLASSES,
+        **kwargs: Any,
+    ):
+        if not attributes or len(set(attributes)) != len(attributes):
+            raise ValueError(f"model.attributes: SteerLM needs unique attribute names, got {attributes}")
+        if template not in TEMPLATES:
+            raise ValueError(f"model.template must be one of {tuple(TEMPLATES)}, got {template!r}")
+        if marker_tokens not in ("text", "special"):
+            raise ValueError(f"model.marker_tokens must be 'text' or 'special', got {marker_tokens!r}")
+        self.attributes, self.template, self.system_prompt = list(attributes), template, system_prompt
+        self.marker_tokens, self.num_classes = marker_tokens, num_classes
+        kwargs["tokenize"] = _plain_settings(kwargs.get("tokenize"))
+        super().__init__(**kwargs)
+        if marker_tokens == "special":
+            self.tokenizer.add_tokens(list(MARKERS), special_tokens=True)
+
+    def method_hparams(self) -> dict[str, Any]:
+        return {"attributes": self.attributes, "template": self.template, "system_prompt": self.system_prompt,
+                "marker_tokens": self.marker_tokens, "num_classes": self.num_classes}
+
+    def example_kwargs(self, split: str) -> dict[str, Any]:
+        return {"attributes": self.attributes, "template": self.template, "system_prompt": self.system_prompt,
+                "num_classes": self.num_classes}
+
+    def build_extras(self) -> None:
+        base = base_model(self.model)
+        if base.get_input_embeddings().num_embeddings < len(self.tokenizer):  # marker tokens were added
+            base.resize_token_embeddings(len(self.tokenizer))
+
+
+class SteerLMAttributeModel(_SteerLM):
+    """APM: one C-way classifier per attribute on the last-token hidden state, cross-entropy on scored
+    responses; ``predict_attributes`` / ``label_records`` label data with the argmax class.
+
+    Args:
+        attributes: the attributes, one classifier each (order = head order).
+        template / system_prompt / marker_tokens: see the module docstring.
+        num_classes: C (5 Likert classes in the thesis).
+        head_dropout: dropout on the hidden state before the head.
+    """
+
+    def __init__(self, attributes: list[str] | None = None, head_dropout: float = 0.0, **kwargs: Any):
+        self.head_dropout = head_dropout
+        super().__init__(attributes=attributes, **kwargs)
+        self.head: AttributeClassHead | None = None
+
+    def method_hparams(self) -> dict[str, Any]:
+        return {**super().method_hparams(), "head_dropout": self.head_dropout}
+
+    @staticmethod
+    def example_fn(record: ScoredResponse, attributes: Sequence[str] = (), template: TemplateName = "thesis",
+                   system_prompt: str | None = NEMO_SYSTEM_PROMPT, num_classes: int = LIKERT_CLASSES,
+                   **kwargs: Any) -> Iterable[dict[str, Any]]:
+        classes = record_classes(record, attributes, num_classes)
+        if classes:
+            yield {"prompt": as_plain_prompt(render(record.prompt, template, system_prompt)),
+                   "completions": [record.response],
+                   "attribute_classes": [classes.get(a, IGNORE_INDEX) for a in attributes]}
+
+    def build_extras(self) -> None:
+        super().build_extras()
+        base = base_model(self.model)
+        self.head = AttributeClassHead(base.config.hidden_size, self.attributes, self.num_classes, self.head_dropout)
+        saved = Path(resolve_path(self.backbone_cfg.name_or_path))
+        if (saved / HEAD_FILE).exists():  # a saved APM directory: reload its trained head
+            meta = json.loads((saved / HEAD_META).read_text())
+            if meta["names"] != self.attributes or meta["num_classes"] != self.num_classes:
+                raise ValueError(f"{saved} holds an APM head for {meta['names']} ({meta['num_classes']} classes); "
+                                 f"the config asks for {self.attributes} ({self.num_classes})")
+            self.head.load_state_dict(load_file(str(saved / HEAD_FILE)))
+        head, embed = base.get_output_embeddings(), base.get_input_embeddings()
+        if head.weight is not embed.weight:  # the LM head is unused: keep it out of the optimizer
+            head.requires_grad_(False)
+
+    def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[N, k, C] class logits of every row of a batch."""
+        return self.head(last_token_hidden(self.model, batch["input_ids"], batch["attention_mask"]))
+
+    def apm_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        logits, targets = self.class_logits(batch), batch["attribute_classes"]
+        loss = attribute_cross_entropy(logits, targets)
+        labelled, correct = targets != IGNORE_INDEX, logits.argmax(-1) == targets
+        stage, n = STAGE_PREFIX[split], targets.shape[0]
+        sync = split != "train"
+        self.log(f"{stage}/loss", loss, prog_bar=split == "train", batch_size=n, sync_dist=sync)
+        self.log(f"{stage}/accuracy", correct[labelled].float().mean(), batch_size=int(labelled.sum()), sync_dist=sync)
+        for j, name in enumerate(self.attributes):
+            m = labelled[:, j]
+            if m.any():
+                self.log(f"{stage}/accuracy/{name}", correct[:, j][m].float().mean(), batch_size=int(m.sum()),
+                         sync_dist=sync)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.apm_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.apm_step(batch, "validation")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.apm_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        raise NotImplementedError("the APM does not generate; label data with predict_attributes / label_records")
+
+    @torch.no_grad()
+    def predict_attributes(self, prompts: Sequence[str | Sequence[Mapping[str, str]]], responses: Sequence[str],
+                           batch_size: int = 8) -> list[dict[str, int]]:
+        """Argmax class per attribute for each (prompt, response); a prompt is a string or a message list.
+        Over-long inputs are truncated (never dropped), so every pair gets labels."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        settings = replace(self.tokenize_settings, length_policy="truncate")
+        collate = PadCollator(self.tokenizer.pad_token_id)
+        was_training, out = self.training, []
+        self.eval()
+        try:
+            for start in range(0, len(prompts), batch_size):
+                chunk = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+                         for p in prompts[start : start + batch_size]]
+                texts = {"prompt": [as_plain_prompt(render(m, self.template, self.system_prompt)) for m in chunk],
+                         "completions": [[r] for r in responses[start : start + batch_size]]}
+                tok = tokenize_examples(texts, self.tokenizer, settings)
+                batch = collate([{"prompt_ids": p, "completion_ids": c} for p, c in
+                                 zip(tok["prompt_ids"], tok["completion_ids"])])
+                classes = self.class_logits({k: v.to(self.device) for k, v in batch.items()}).argmax(-1).tolist()
+                out += [dict(zip(self.attributes, row)) for row in classes]
+        finally:
+            self.train(was_training)
+        return out
+
+    def label_records(self, records: Sequence[ScoredResponse], batch_size: int = 8) -> list[ScoredResponse]:
+        """The records with every attribute replaced by the APM's class on (0, C − 1): the thesis's
+        APM-labelled HelpSteer + OASST data for the ACM."""
+        labels = self.predict_attributes([r.prompt for r in records], [r.response for r in records], batch_size)
+        scale = (0.0, float(self.num_classes - 1))
+        return [ScoredResponse(prompt=r.prompt, response=r.response, scores=dict(lab),
+                               scales={a: scale for a in lab}, source_id=r.source_id)
+                for r, lab in zip(records, labels)]
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Trunk (HF directory or PEFT adapter) + ``attribute_head.safetensors`` + ``attribute_head.json``."""
+        path = super().save_pretrained(path)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
+        (path / HEAD_META).write_text(json.dumps({"names": self.attributes, "num_classes": self.num_classes}))
+        return path
+
+
+class SteerLMConditionedSFT(_SteerLM, SFT):
+    """ACM: SFT on responses given the prompt and their linearised ratings (``zoo.losses.nll_loss`` over
+    response tokens); at inference the ratings line is the user's choice.
+
+    Args:
+        attributes: the attributes, in the order the ratings line lists them.
+        steer_attribute: predict with this attribute at C − 1 (4) and every other at 0 (thesis §5.4).
+        steer_ratings: predict with these classes instead (missing attributes 0).
+        template / system_prompt / marker_tokens / num_classes: see the module docstring.
+    """
+
+    def __init__(self, attributes: list[str] | None = None, steer_attribute: str | None = None,
+                 steer_ratings: dict[str, int] | None = None, **kwargs: Any):
+        self.steer_attribute, self.steer_ratings = steer_attribute, steer_ratings
+        super().__init__(attributes=attributes, **kwargs)
+        if steer_attribute is not None or steer_ratings is not None:
+            self.conditioning()  # a bad steer fails at start-up, not after training
+
+    def method_hparams(self) -> dict[str, Any]:
+        return {**super().method_hparams(), "steer_attribute": self.steer_attribute,
+                "steer_ratings": self.steer_ratings}
+
+    @staticmethod
+    def example_fn(record: ScoredResponse, attributes: Sequence[str] = (), template: TemplateName = "thesis",
+                   system_prompt: str | None = NEMO_SYSTEM_PROMPT, num_classes: int = LIKERT_CLASSES,
+                   **kwargs: Any) -> Iterable[dict[str, Any]]:
+        classes = record_classes(record, attributes, num_classes)
+        if classes:
+            line = ratings_string(classes, attributes)
+            yield {"prompt": as_plain_prompt(render(record.prompt, template, system_prompt, line)),
+                   "completions": [record.response], "condition": line}
+
+    @staticmethod
+    def prompt_example_fn(record: Any, template: TemplateName = "thesis",
+                          system_prompt: str | None = NEMO_SYSTEM_PROMPT, ratings: str | None = None,
+                          **kwargs: Any) -> Iterable[dict[str, Any]]:
+        yield {"prompt": as_plain_prompt(render(record.prompt, template, system_prompt, ratings)), "completions": []}
+
+    def example_kwargs(self, split: str) -> dict[str, Any]:
+        kwargs = super().example_kwargs(split)
+        return {**kwargs, "ratings": self.conditioning()} if split == "predict" else kwargs
+
+    def conditioning(self) -> str:
+        """The inference ratings line, e.g. ``helpfulness:4,correctness:0,...`` for steer_attribute helpfulness."""
+        if (self.steer_attribute is None) == (self.steer_ratings is None):
+            raise ValueError("SteerLM ACM predict: set exactly one of model.steer_attribute (that attribute at "
+                             f"{self.num_classes - 1}, the others at 0) or model.steer_ratings; attributes: {self.attributes}")
+        if self.steer_attribute is not None:
+            if self.steer_attribute not in self.attributes:
+                raise ValueError(f"model.steer_attribute {self.steer_attribute!r} is not one of {self.attributes}")
+            ratings = {a: self.num_classes - 1 if a == self.steer_attribute else 0 for a in self.attributes}
+        else:
+            unknown = sorted(set(self.steer_ratings) - set(self.attributes))
+            bad = {a: v for a, v in self.steer_ratings.items()
+                   if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.num_classes}
+            if unknown or bad:
+                raise ValueError(f"model.steer_ratings: unknown attributes {unknown}, or classes outside "
+                                 f"0-{self.num_classes - 1} {bad}; attributes: {self.attributes}")
+            ratings = {a: self.steer_ratings.get(a, 0) for a in self.attributes}
+        return ratings_string(ratings, self.attributes)
+
+    def prompt_text(self, messages: Sequence[Mapping[str, str]] | str, ratings: str | None = None) -> str:
+        """The text the ACM continues for ``messages`` under ``ratings`` (default: the configured steer)."""
+        messages = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+        return render(messages, self.template, self.system_prompt, self.conditioning() if ratings is None else ratings)
+
+    def prediction_info(self) -> dict[str, Any]:
+        return {"conditioning": self.conditioning()}
