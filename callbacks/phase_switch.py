@@ -30,6 +30,14 @@ class PhaseSwitch(L.Callback):
         self.switches: list[dict[str, int]] = []  # every switch made in this run (epoch, step, phase)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._switch_if_due(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # resuming from a checkpoint taken on an epoch's last batch, Lightning goes straight into the next
+        # epoch without calling on_train_epoch_start; the optimizer for this step is fetched after this hook
+        self._switch_if_due(trainer, pl_module)
+
+    def _switch_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         due = pl_module.phase_for_epoch(trainer.current_epoch)
         if due == pl_module.phase:
             return

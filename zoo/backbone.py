@@ -183,7 +183,7 @@ def load_backbone(cfg: BackboneConfig) -> nn.Module:
                 tokenizer_name_or_path=resolve_path(cfg.tokenizer or cfg.name_or_path) if pt.init_text else None,
             ),
         )
-    return model
+    return model.train()  # from_pretrained returns eval mode; training code expects train mode (dropout)
 
 
 def base_model(model: nn.Module) -> PreTrainedModel:

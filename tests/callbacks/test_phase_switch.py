@@ -17,6 +17,9 @@ from lightning_modules.meet import MEET
 from tests.factories import hh_sample, tiny_kwargs, trainer
 
 
+SHORT = {"max_length": 96, "max_prompt_length": 64, "length_policy": "truncate", "prompt_format": "chat"}  # fast rows
+
+
 class PhaseRecorder(L.Callback):
     """(epoch, phase, LM trainable?, loss) of every training step."""
 
@@ -58,7 +61,7 @@ def run(root, kind: str, stop_at: int | None = None, ckpt_path: str | None = Non
         control={"kind": kind, "length": 3},
         # two epochs of step 1, one of step 2; linear schedules per phase, so a wrong schedule after resume shows
         phases={"first_epochs": 2, "second_epochs": 1, "control_lr": 1e-2},
-        **tiny_kwargs(optim={"lr": 1e-3, "scheduler": "linear", "warmup_steps": 1}),
+        **tiny_kwargs(optim={"lr": 1e-3, "scheduler": "linear", "warmup_steps": 1}, tokenize=SHORT),
     )
     # 8 pairs / batch 4 = 2 steps per epoch: steps 1-4 are step 1 (epochs 0-1), steps 5-6 step 2 (epoch 2)
     t.fit(module, datamodule=hh_sample(train=8), ckpt_path=ckpt_path)

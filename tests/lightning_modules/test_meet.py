@@ -47,9 +47,12 @@ class PropertyPairs(RecordDataModule):
         return [PreferencePair(prompt=prompt, chosen=row["word"] + "!!!", rejected=row["word"] + ".")]
 
 
+SHORT = {"max_length": 96, "max_prompt_length": 64, "length_policy": "truncate", "prompt_format": "chat"}  # fast rows
+
+
 def meet(kind: str = "prompt", first: int = 1, second: int = 1, lr: float = 1e-2, **control: Any) -> MEET:
     control = {"kind": kind, "length": 4, "lora_r": 4, **control}
-    kw = tiny_kwargs(optim={"lr": lr}, sampling={"max_new_tokens": 8, "temperature": 0.0})
+    kw = tiny_kwargs(optim={"lr": lr}, sampling={"max_new_tokens": 8, "temperature": 0.0}, tokenize=SHORT)
     return MEET(control=control, phases={"first_epochs": first, "second_epochs": second, "control_lr": lr}, **kw)
 
 

@@ -5,6 +5,12 @@ After two optimizer steps every LoRA parameter has changed (B starts at zero, so
 second step) and everything else is bit-identical: the packed 4-bit / int8 base weights and their
 quantization constants (compared as raw bytes), norms, embeddings, the LM head.
 
+The gradients through the quantized base equal a float model's holding the dequantized weights, also
+after an eval-mode no-grad forward (DPO's reference pass): on CPUs with AVX512-BF16, bitsandbytes would
+otherwise repack 4-bit weights for inference there (absmax rounded to bf16) and route later training
+forwards through a kernel without autograd, silently dropping gradients through the base layers
+(``zoo.backbone.load_backbone`` turns that path off).
+
 bitsandbytes needs a saved model (``from_pretrained`` quantizes while loading), so the tiny test model is
 written to a temporary directory first.
 """
@@ -101,13 +107,15 @@ def test_qlora_steps_change_only_the_adapters(tmp_cwd, tiny_dir, module_cls, qua
     assert not moved, f"frozen parameters or quantization state that changed: {moved}"
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["", "checkpointing"])
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_qlora_gradients_equal_the_dequantized_float_model(tiny_dir, quantization):
+def test_qlora_gradients_equal_the_dequantized_float_model(tiny_dir, quantization, checkpointing):
     """LoRA gradients through the quantized base equal those of a float model holding the dequantized
     weights, also after an eval-mode no-grad forward (what DPO's reference pass does first): bnb's CPU
     inference path would repack 4-bit weights there and drop gradients through them afterwards."""
     lora = LoraSettings(r=4, alpha=8)
-    qlora = load_backbone(BackboneConfig(name_or_path=str(tiny_dir), quantization=quantization, lora=lora))
+    qlora = load_backbone(BackboneConfig(name_or_path=str(tiny_dir), quantization=quantization, lora=lora,
+                                         gradient_checkpointing=checkpointing))
     plain = load_backbone(BackboneConfig(name_or_path=str(tiny_dir), lora=lora))
     gen = torch.Generator().manual_seed(0)
     for (name, p), (_, p_plain) in zip(qlora.named_parameters(), plain.named_parameters()):
