@@ -2,6 +2,7 @@
 
 from datamodules.helpsteer import HelpSteerDataModule
 from datamodules.hh_rlhf import HHRLHFDataModule
+from datamodules.mixture import MixtureDataModule
 from datamodules.oasst import OASST1DataModule
 from datamodules.personalized_soups import PersonalizedSoupsDataModule
 from datamodules.real_toxicity import RealToxicityPromptsDataModule
@@ -13,6 +14,7 @@ __all__ = [
     "BeaverTailsDataModule",
     "HHRLHFDataModule",
     "HelpSteerDataModule",
+    "MixtureDataModule",
     "OASST1DataModule",
     "PKUSafeRLHFDataModule",
     "PersonalizedSoupsDataModule",

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 import datasets
 
 from datamodules.base import RecordDataModule
-from zoo.records import PromptRecord, Record, RecordError, ScoredResponse
+from zoo.records import Demonstration, PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_IDS = {"helpsteer": "nvidia/HelpSteer", "helpsteer2": "nvidia/HelpSteer2"}
 HUB_SPLITS = {"train": "train", "validation": "validation", "test": "validation", "predict": "validation"}
@@ -83,7 +83,7 @@ class HelpSteerDataModule(RecordDataModule):
         (see ``RecordDataModule`` for the shared arguments)
     """
 
-    record_kinds: ClassVar[tuple[str, ...]] = ("scored", "prompt")
+    record_kinds: ClassVar[tuple[str, ...]] = ("scored", "demonstration", "prompt")
 
     def __init__(
         self,
@@ -166,6 +166,8 @@ class HelpSteerDataModule(RecordDataModule):
             if not SCALE[0] <= value <= SCALE[1]:
                 raise RecordError(f"rating {value} outside the declared scale 0-4", field=name)
             ratings[name] = int(value)
+        if kind == "demonstration":  # every response as an SFT target (the CMPO thesis's SFT on HelpSteer + OASST)
+            return [Demonstration(prompt=prompt, response=response)]
         scores = {a: ratings[a] for a in attributes}
         return [
             ScoredResponse(

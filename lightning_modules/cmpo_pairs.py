@@ -112,12 +112,11 @@ def prompt_pairs(
 ) -> list[ConditionedPair]:
     """Conditioned pairs of one prompt's records: scored responses, or attribute-labelled pairs."""
     if all(isinstance(r, ScoredResponse) for r in records):
-        unknown = {a for r in records for a in r.scores} - set(attributes)
         scales: dict[str, tuple[float, float]] = {}
         for r in records:
             scales.update(r.scales)
-        if unknown and not set(attributes) & {a for r in records for a in r.scores}:
-            raise ValueError(f"none of the CMPO attributes {list(attributes)} is scored; the data has {sorted(unknown)}")
+        if not set(attributes) & {a for r in records for a in r.scores}:
+            return []  # e.g. an OASST prompt in a HelpSteer + OASST mixture (all-empty data still fails later)
         return conditioned_pairs([r.response for r in records], [r.scores for r in records], attributes, weighting,
                                  scales, ratio_offset)
     if all(isinstance(r, PreferencePair) for r in records):

@@ -58,6 +58,7 @@ class BackboneConfig:
     gradient_checkpointing: bool = False
     attn_implementation: str | None = "sdpa"
     tokenizer: str | None = None  # defaults to name_or_path
+    chat_template: str | None = None  # Jinja template replacing the tokenizer's (a paper's prompt format)
     extra: dict = field(default_factory=dict)  # passed to from_pretrained as is
 
 
@@ -84,12 +85,15 @@ def load_tokenizer(cfg: BackboneConfig) -> PreTrainedTokenizerBase:
     if name == BUILTIN_TINY:
         from zoo.tiny import tiny_tokenizer
 
-        return tiny_tokenizer()
-    path = resolve_path(name)
-    _check_local(path)
-    tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    if tok.pad_token is None:  # batching needs a pad id; eos never appears in labels after padding
-        tok.pad_token = tok.eos_token
+        tok = tiny_tokenizer()
+    else:
+        path = resolve_path(name)
+        _check_local(path)
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        if tok.pad_token is None:  # batching needs a pad id; eos never appears in labels after padding
+            tok.pad_token = tok.eos_token
+    if cfg.chat_template is not None:  # e.g. the CMPO thesis's Table A.1 template on a base model that has none
+        tok.chat_template = cfg.chat_template
     return tok
 
 

@@ -16,7 +16,6 @@ from callbacks.phase_switch import PhaseSwitch
 from lightning_modules.meet import MEET
 from tests.factories import hh_sample, tiny_kwargs, trainer
 
-
 SHORT = {"max_length": 96, "max_prompt_length": 64, "length_policy": "truncate", "prompt_format": "chat"}  # fast rows
 
 
