@@ -255,9 +255,21 @@ class MEET(CausalLMModule):
 
     # ---- artifacts and checkpoints ----------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
-        """The base directory (PEFT writes both adapters with LoRA: "good" at the top, "bad" in ``bad/``),
-        plus ``meet_control.json`` and, for soft prompts, ``meet_soft_prompts.safetensors``."""
-        path = super().save_pretrained(path)
+        """An HF directory of the (fine-tuned) LM and tokenizer, plus ``meet_control.json`` and the control
+        tokens: ``meet_soft_prompts.safetensors`` (soft prompts) or PEFT adapter directories ``good/`` and
+        ``bad/`` (LoRA; load the LM from ``path``, then ``PeftModel.from_pretrained(lm, path / "good")``)."""
+        if self.control_cfg.kind != "lora":
+            path = super().save_pretrained(path)
+        else:
+            path = Path(path)
+            path.mkdir(parents=True, exist_ok=True)
+            # step 2 fine-tunes the LM itself, so the adapters alone are not the model: write the LM's own
+            # weights under their plain names (PEFT's injected layers keep them as `<name>.base_layer.*`)
+            lm = self.model.get_base_model()
+            weights = {k.replace(".base_layer.", "."): v for k, v in lm.state_dict().items() if "lora_" not in k}
+            lm.save_pretrained(path, state_dict=weights)
+            self.tokenizer.save_pretrained(path)
+            self.model.save_pretrained(path)  # one sub-directory per adapter
         if self.soft_prompts is not None:
             from safetensors.torch import save_file
 

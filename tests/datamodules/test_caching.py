@@ -10,7 +10,12 @@ def _cache_files(dm):
 
 
 def test_second_setup_reuses_tokenized_cache(tmp_cwd, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_cwd / "hf_cache"))
+    from pathlib import Path
+
+    import datasets
+
+    # a fresh datasets cache, so earlier tests' cache files do not count
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", Path(tmp_cwd / "hf_cache"))
     calls = []
     import zoo.collate
 

@@ -25,7 +25,7 @@ def _mixture(**oasst_kwargs) -> MixtureDataModule:
 
 def test_scored_records_of_both_sources_keep_their_own_attributes(tmp_cwd):
     mixture = _mixture()
-    assert mixture.record_kinds == ("scored", "prompt")  # the kinds both sources provide
+    assert mixture.record_kinds == ("scored", "demonstration", "prompt")  # the kinds both sources provide
     recs = [ScoredResponse.from_row(r) for r in mixture.records("train", "scored")]
     assert len(recs) == 7 + 4  # HelpSteer sample rows, then the labelled OASST replies
     assert all(set(r.scores) == set(HELPSTEER) for r in recs[:7])

@@ -144,3 +144,16 @@ def test_fit_then_predict_through_the_cli(tmp_cwd, method):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3 and all(r["control"] == "good" for r in rows)
     assert {"prompt", "completion", "control_kind"} <= set(rows[0])
+    hf = sorted((tmp_cwd / "runs" / method / "csv").glob("version_*/hf"))[-1]
+    assert (hf / "meet_control.json").exists()
+    if method == "meet":  # LoRA: the fine-tuned LM under plain names, one PEFT directory per control
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(hf)
+        key = "model.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+        assert torch.equal(lm.model.layers[0].self_attn.q_proj.weight, state["state_dict"][key])
+        good = PeftModel.from_pretrained(lm, hf / "good")
+        name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+        torch.testing.assert_close(dict(good.named_parameters())[name],
+                                   state["state_dict"][key.replace("base_layer", "lora_A.good")])
