@@ -108,6 +108,19 @@ def group_examples(recs: datasets.Dataset, example_fn: Callable, kind: str, **kw
     return datasets.Dataset.from_list(rows)
 
 
+def checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
+    """``{split: [files]}`` with every file present."""
+    if data_files is None:
+        return None
+    out = {}
+    for split, files in data_files.items():
+        out[split] = [files] if isinstance(files, str) else list(files)
+        for f in out[split]:
+            if not Path(f).exists():
+                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
+    return out
+
+
 class RecordDataModule(L.LightningDataModule):
     """Shared machinery; subclasses implement ``load_split`` and ``to_records``.
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import RecordDataModule
+from datamodules.base import RecordDataModule, checked_files
 from zoo.records import Demonstration, PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_IDS = {"helpsteer": "nvidia/HelpSteer", "helpsteer2": "nvidia/HelpSteer2"}
@@ -104,7 +104,7 @@ class HelpSteerDataModule(RecordDataModule):
             data_files = SAMPLE_FILES
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
-        self.data_files = _checked_files(data_files)
+        self.data_files = checked_files(data_files)
         self.version, self.dedup, self.revision = version, dedup, revision
         self.attributes = list(attributes) if attributes else list(ATTRIBUTES)
 
@@ -185,16 +185,3 @@ class HelpSteerDataModule(RecordDataModule):
             self._report(split, "deduplicated", [f"{len(recs) - len(keep)} repeated prompts removed"])
             recs = recs.select(keep)
         return recs
-
-
-def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
-    """``{split: [files]}`` with every file present."""
-    if data_files is None:
-        return None
-    out = {}
-    for split, files in data_files.items():
-        out[split] = [files] if isinstance(files, str) else list(files)
-        for f in out[split]:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
-    return out

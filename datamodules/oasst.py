@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import RecordDataModule
+from datamodules.base import RecordDataModule, checked_files
 from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_ID = "OpenAssistant/oasst1"
@@ -223,7 +223,7 @@ class OASST1DataModule(RecordDataModule):
             data_files = SAMPLE_FILES
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
-        self.data_files = _checked_files(data_files)
+        self.data_files = checked_files(data_files)
         self.langs, self.ready_only, self.branch, self.revision = langs, ready_only, branch, revision
         self.label_names = label_names
 
@@ -338,16 +338,3 @@ class OASST1DataModule(RecordDataModule):
                         )
                     )
         return out
-
-
-def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
-    """``{split: [files]}`` with every file present."""
-    if data_files is None:
-        return None
-    out = {}
-    for split, files in data_files.items():
-        out[split] = [files] if isinstance(files, str) else list(files)
-        for f in out[split]:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
-    return out

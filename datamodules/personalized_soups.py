@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import datasets
 
-from datamodules.base import RecordDataModule
+from datamodules.base import RecordDataModule, checked_files
 from zoo.records import PromptRecord, Record, RecordError
 
 SAMPLE_FILES = {
@@ -170,7 +170,7 @@ class PersonalizedSoupsDataModule(RecordDataModule):
             data_files = SAMPLE_FILES
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
-        self.data_files = _checked_files(data_files)
+        self.data_files = checked_files(data_files)
         self.evaluation_prompts = evaluation_prompts
 
     # --- raw rows ---------------------------------------------------------------------------------
@@ -235,16 +235,3 @@ class PersonalizedSoupsDataModule(RecordDataModule):
             text = " ".join([task, *(preference_prompt(s) for s in symbols)])
             records.append(PromptRecord(prompt=text, source_id=where + "+".join(symbols)))
         return records
-
-
-def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
-    """``{split: [files]}`` with every file present."""
-    if data_files is None:
-        return None
-    out = {}
-    for split, files in data_files.items():
-        out[split] = [files] if isinstance(files, str) else list(files)
-        for f in out[split]:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
-    return out

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import datasets
 
-from datamodules.base import ROW, RecordDataModule
+from datamodules.base import ROW, RecordDataModule, checked_files
 from zoo.records import PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_ID = "allenai/real-toxicity-prompts"
@@ -113,7 +113,7 @@ class RealToxicityPromptsDataModule(RecordDataModule):
             data_files = SAMPLE_FILES
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
-        self.data_files = _checked_files(data_files)
+        self.data_files = checked_files(data_files)
         self.challenging_only, self.split_fractions, self.revision = (
             challenging_only,
             split_fractions,
@@ -205,16 +205,3 @@ class RealToxicityPromptsDataModule(RecordDataModule):
                 {name: part.get(name) for name in ATTRIBUTES} if isinstance(part, Mapping) else None
             )
         return recs.add_column("prompt_scores", [by_row[r] for r in recs["_row"]])
-
-
-def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
-    """``{split: [files]}`` with every file present."""
-    if data_files is None:
-        return None
-    out = {}
-    for split, files in data_files.items():
-        out[split] = [files] if isinstance(files, str) else list(files)
-        for f in out[split]:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
-    return out

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import RecordDataModule
+from datamodules.base import RecordDataModule, checked_files
 from zoo.records import PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -176,7 +176,7 @@ class BeaverTailsDataModule(_LocalOrHub):
             data_files = BEAVERTAILS_SAMPLE
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
-        self.data_files = _checked_files(data_files)
+        self.data_files = checked_files(data_files)
         self.subset, self.is_safe, self.revision, self.data_dir = subset, is_safe, revision, None
 
     def _hub_splits(self) -> dict[str, str]:
@@ -255,7 +255,7 @@ class PKUSafeRLHFDataModule(_LocalOrHub):
             data_files = SAFERLHF_SAMPLES[form]
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
-        self.data_files = _checked_files(data_files)
+        self.data_files = checked_files(data_files)
         self.attributes, self.different_safety_only = attributes, different_safety_only
         self.data_dir, self.revision = data_dir, revision
 
@@ -338,16 +338,3 @@ def _safer_first_records(
     if "safety" not in attributes:
         return []
     return [PreferencePair(prompt=prompt, chosen=safer, rejected=less_safe, attribute="safety")]
-
-
-def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
-    """``{split: [files]}`` with every file present."""
-    if data_files is None:
-        return None
-    out = {}
-    for split, files in data_files.items():
-        out[split] = [files] if isinstance(files, str) else list(files)
-        for f in out[split]:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
-    return out

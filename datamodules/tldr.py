@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import RecordDataModule
+from datamodules.base import RecordDataModule, checked_files
 from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 Subset = Literal["comparisons", "axis", "sft", "carper_comparisons"]
@@ -171,7 +171,7 @@ class TLDRDataModule(RecordDataModule):
             data_files = SAMPLE_FILES[subset]
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
-        self.data_files = _checked_files(data_files)
+        self.data_files = checked_files(data_files)
         self.subset, self.reddit_only, self.dedup, self.revision = subset, reddit_only, dedup, revision
 
     # --- raw rows ---------------------------------------------------------------------------------
@@ -314,16 +314,3 @@ def _axis_records(summary: Any, prompt: str, source_id: str | None, kind: str) -
         ]
     except RecordError as e:  # an out-of-scale rating: name the raw field
         raise RecordError(e.reason, field=f"summary.axes.{e.field.split('.')[-1]}") from None
-
-
-def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
-    """``{split: [files]}`` with every file present."""
-    if data_files is None:
-        return None
-    out = {}
-    for split, files in data_files.items():
-        out[split] = [files] if isinstance(files, str) else list(files)
-        for f in out[split]:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
-    return out

@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import ROW, RecordDataModule
+from datamodules.base import ROW, RecordDataModule, checked_files
 from zoo.records import PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 RAW_ID = "openbmb/UltraFeedback"
@@ -148,8 +148,8 @@ class UltraFeedbackDataModule(RecordDataModule):
             data_files = SAMPLE_FILES[source]
         elif isinstance(data_files, str):
             data_files = {"train": [data_files]}
-        self.data_files = _checked_files(data_files)
-        self.zephyr_files = _checked_files(zephyr_files)
+        self.data_files = checked_files(data_files)
+        self.zephyr_files = checked_files(zephyr_files)
         self.source, self.pair_attributes, self.zephyr_split, self.revision = (
             source,
             pair_attributes,
@@ -321,16 +321,3 @@ def _raw_records(
             )
         pairs.append(PreferencePair(prompt=prompt, chosen=best[2], rejected=worst[2], attribute=attribute))
     return pairs
-
-
-def _checked_files(data_files: dict[str, list[str] | str] | None) -> dict[str, list[str]] | None:
-    """``{split: [files]}`` with every file present."""
-    if data_files is None:
-        return None
-    out = {}
-    for split, files in data_files.items():
-        out[split] = [files] if isinstance(files, str) else list(files)
-        for f in out[split]:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
-    return out
