@@ -11,14 +11,19 @@ template, max length 256, over-long pairs truncated), in the same order and the 
   tokenization is skipped: tokenizing is not part of a step) and ``bf16`` / ``activation_checkpointing``
   are set explicitly (no checkpointing on either side).
 
-Each configuration runs in a fresh subprocess (this script with ``--worker``). A step is timed from the
-moment its batch is collated to the end of its optimizer step (Lightning's ``on_train_batch_start`` /
+Each configuration runs in a fresh subprocess (this script with ``--worker``). A step is timed from after
+its batch is fetched to after its optimizer step and zero_grad (Lightning's ``on_train_batch_start`` /
 ``_end``, TRL's ``on_step_begin`` / ``_end``), after ``--warmup`` untimed steps. Tokens are the non-pad
 tokens of every chosen and rejected sequence of the timed batches, counted on each side from the batch
 it really processed. Peak memory is the peak resident set size (``VmHWM``, reset through
 ``/proc/self/clear_refs``) minus the resident size right after the policy was loaded and made resident.
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/dpo_vs_trl.py [--steps 6] [--json out.json]
+The cores may be shared with other processes: each step also records the process's CPU time and the
+share of the machine's CPUs others used. Workers run with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep,
+not spin), so tokens per CPU-second (times the thread count) estimates the speed on idle cores; the table
+shows that ratio beside the wall-clock one, and a warning when others used over 10% of the CPUs.
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/dpo_vs_trl.py [--warmup 1] [--steps 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -152,7 +157,7 @@ def run_steerzoo(precision: str, warmup: int, steps: int) -> dict[str, Any]:
     base = memory_baseline()
     trainer.fit(module, datamodule=dm)
     return {"timer": timer, "peak_kib": _status_kib("VmHWM") - base, "ref_pass_s": cache.get("train"),
-            "rows": len(dm.datasets["train"]), "gradient_checkpointing": module.model.is_gradient_checkpointing}
+            "rows": len(dm.datasets["train"]), "checkpointing": module.model.is_activation_checkpointing}
 
 
 def run_trl(precision: str, warmup: int, steps: int, precompute: bool) -> dict[str, Any]:
@@ -204,7 +209,7 @@ def run_trl(precision: str, warmup: int, steps: int, precompute: bool) -> dict[s
                             callbacks=[Timer()])
     trainer.train()
     return {"timer": timer, "peak_kib": _status_kib("VmHWM") - base, "ref_pass_s": info.get("ref_pass_s"),
-            "rows": len(train), "gradient_checkpointing": trainer.model.is_gradient_checkpointing,
+            "rows": len(train), "checkpointing": trainer.model.is_activation_checkpointing,
             "ref_model": trainer.ref_model is not None}
 
 
@@ -277,7 +282,8 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
         counts = ", ".join(f"{s} {r[s]['tokens']}" for s in r)
         same = len({r[s]["tokens"] for s in r}) == 1
         print(f"{precision}: timed tokens {counts} ({'equal' if same else 'DIFFERENT'}); first-step loss "
-              + ", ".join(f"{s} {r[s]['first_loss']:.4f}" for s in r))
+              + ", ".join(f"{s} {r[s]['first_loss']:.4f}" for s in r) + "; activation checkpointing "
+              + ", ".join(f"{s} {r[s]['checkpointing']}" for s in r))
         for s in [s for s in ("steerzoo", "trl_precompute") if s in r]:
             print(f"  {s}: one-off reference pass over its {r[s]['rows']} rows {r[s]['ref_pass_s']:.1f} s; "
                   f"tok/s with it amortised over one epoch {r[s]['tok_s_amortised']:.1f}")
