@@ -132,21 +132,25 @@ TINY_CLI = [
 ]
 
 
-@pytest.mark.parametrize("method", ["meet", "coh"])
-def test_fit_then_predict_through_the_cli(tmp_cwd, method):
+@pytest.mark.parametrize("method,kind", [("meet", "prompt"), ("meet", "lora"), ("coh", "text")])
+def test_fit_then_predict_through_the_cli(tmp_cwd, method, kind):
     config = str(ROOT / "configs" / f"{method}.yaml")
-    main(["fit", "--config", config, *TINY_CLI, "--trainer.max_steps", "3", "--trainer.max_epochs", "2"])
+    args = [*TINY_CLI, "--model.init_args.control.kind", kind]
+    # 2 steps per epoch: step 3 runs after the switch to step 2 (meet.yaml: one epoch per step)
+    main(["fit", "--config", config, *args, "--trainer.max_steps", "3", "--trainer.max_epochs", "2"])
     ckpt = tmp_cwd / "runs" / method / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)  # plain contents only
     assert state["global_step"] == 3 and state["meet"]["phase"] in (1, 2)
-    main(["predict", "--config", config, *TINY_CLI, "--ckpt_path", str(ckpt)])
+    main(["predict", "--config", config, *args, "--ckpt_path", str(ckpt)])
     out = tmp_cwd / "runs" / method / "predictions.jsonl"
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 3 and all(r["control"] == "good" for r in rows)
-    assert {"prompt", "completion", "control_kind"} <= set(rows[0])
+    assert len(rows) == 3 and all(r["control"] == "good" and r["control_kind"] == kind for r in rows)
+    assert {"prompt", "completion", "truncated"} <= set(rows[0])
     hf = sorted((tmp_cwd / "runs" / method / "csv").glob("version_*/hf"))[-1]
     assert (hf / "meet_control.json").exists()
-    if method == "meet":  # LoRA: the fine-tuned LM under plain names, one PEFT directory per control
+    if kind == "prompt":
+        assert (hf / "meet_soft_prompts.safetensors").exists() and (hf / "model.safetensors").exists()
+    if kind == "lora":  # the fine-tuned LM under plain names, one PEFT directory per control
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
