@@ -14,8 +14,9 @@ template, max length 256, over-long pairs truncated), in the same order and the 
 Each configuration runs in a fresh subprocess (this script with ``--worker``). A step is timed from after
 its batch is fetched to after its optimizer step and zero_grad (Lightning's ``on_train_batch_start`` /
 ``_end``, TRL's ``on_step_begin`` / ``_end``), after ``--warmup`` untimed steps. Tokens are the non-pad
-tokens of every chosen and rejected sequence of the timed batches, counted on each side from the batch
-it really processed. Peak memory is the peak resident set size (``VmHWM``, reset through
+tokens of every chosen and rejected sequence of the timed batches, the prompt counted in both (TRL's
+count of its own batch; steerzoo's from the rows of its batch, since with prefix sharing, its default,
+the trunk sees each prompt once: the same sequence log-probs from fewer trunk tokens). Peak memory is the peak resident set size (``VmHWM``, reset through
 ``/proc/self/clear_refs``) minus the resident size right after the policy was loaded and made resident.
 
 The cores may be shared with other processes: each step also records the process's CPU time and the
@@ -125,6 +126,13 @@ def build_data(n_rows: int) -> tuple[Any, Any, list[int]]:
     return module, dm, order
 
 
+def sequence_tokens(ds, idx) -> int:
+    """Non-pad tokens of the batch's chosen and rejected sequences, prompt counted in each (what TRL's
+    batches hold), whatever layout steerzoo fed the trunk (prefix sharing runs each prompt once)."""
+    rows = ds.select(idx.tolist())
+    return sum(len(r["completion_ids"]) * len(r["prompt_ids"]) + sum(map(len, r["completion_ids"])) for r in rows)
+
+
 # ---- the two sides ----------------------------------------------------------------------------------------
 def run_steerzoo(precision: str, warmup: int, steps: int) -> dict[str, Any]:
     import lightning as L
@@ -148,7 +156,7 @@ def run_steerzoo(precision: str, warmup: int, steps: int) -> dict[str, Any]:
             timer.begin()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            timer.end(int(batch["attention_mask"].sum()), float(outputs["loss"]))
+            timer.end(sequence_tokens(dm.datasets["train"], batch["idx"]), float(outputs["loss"]))
 
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=PRECISIONS[precision][0], max_steps=warmup + steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,

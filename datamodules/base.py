@@ -315,7 +315,7 @@ class RecordDataModule(L.LightningDataModule):
             sampler=sampler,
             batch_size=batch_size,
             progress=progress,
-            collate_fn=PadCollator(method.tokenizer.pad_token_id),
+            collate_fn=PadCollator(method.tokenizer.pad_token_id, **method.collate_options()),
             num_workers=self.num_workers,
         )
 

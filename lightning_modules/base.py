@@ -135,6 +135,10 @@ class CausalLMModule(L.LightningModule):
         """The subclass's own constructor arguments, as plain values (saved with each checkpoint)."""
         return {}
 
+    def collate_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``zoo.collate.PadCollator`` (DPO asks for prefix-shared rows)."""
+        return {}
+
     # ---- model ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         """Build the backbone and extras; shard them with FSDP2 when the strategy provides a device mesh."""

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from lightning_modules.cmpo_pairs import WEIGHTINGS, Weighting, prompt_pairs
 from lightning_modules.dpo import DPO
 from zoo.backbone import base_model, resolve_path
-from zoo.logprobs import completion_hidden, sum_by_row
+from zoo.logprobs import batch_completion_hidden, sum_by_row
 from zoo.plural import HeadInit, PluralHead
 from zoo.records import Record
 
@@ -131,10 +131,8 @@ class CMPO(DPO):
     def policy_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """log π_{θ;A}(y | x, Λ) under each example's mixed heads (Eq. 3.1), for the pair's two rows."""
         lam = batch["weights"].float()
-        hidden, targets, rows = completion_hidden(self.model, batch["input_ids"], batch["attention_mask"],
-                                                  batch["labels"])
-        return sum_by_row(hidden, targets, rows, batch["labels"].shape[0], self.heads, self.logprob_chunk_size,
-                          (torch.cat([lam, lam]),))
+        hidden, targets, rows, n = batch_completion_hidden(self.model, batch)
+        return sum_by_row(hidden, targets, rows, n, self.heads, self.logprob_chunk_size, (torch.cat([lam, lam]),))
 
     def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
         """Reward accuracy and margin per attribute, over the pairs whose condition includes it."""
@@ -154,9 +152,8 @@ class CMPO(DPO):
     def log_preference_accuracy(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         """Eq. 5.1 per attribute a: 1[π_θ(y_c|x, e_a) > π_θ(y_r|x, e_a)] with the one-hot Λ = e_a, over
         pairs conditioned on a. One trunk forward serves all k heads."""
-        hidden, targets, rows = completion_hidden(self.model, batch["input_ids"], batch["attention_mask"],
-                                                  batch["labels"])
-        n, b = batch["labels"].shape[0], batch["weights"].shape[0]
+        hidden, targets, rows, n = batch_completion_hidden(self.model, batch)
+        b = batch["weights"].shape[0]
         for j, name in enumerate(self.attributes):
             m = batch["weights"][:, j] > 0
             if not m.any():

@@ -11,6 +11,12 @@ The reference π_ref (``reference``):
 - ``live``: a reference forward each step: the adapter-disabled base when the backbone has LoRA,
   otherwise a frozen copy (or ``reference_model``).
 
+Prefix sharing (``share_prompt``, default on): the collator packs ``prompt | chosen | rejected`` into one
+row with a 4-D attention mask (``zoo.collate.packed_rows``), so the prompt goes through the trunk once per
+pair instead of twice; the log-probs are those of the two separate sequences. It needs an attention
+implementation that takes a custom 4-D mask (``sdpa``, the default, or ``eager``); with
+``flash_attention_2`` (which takes no mask) the module falls back to two padded rows per pair.
+
 IPO's loss uses length-averaged log-ratios (as TRL does); every loss type logs rewards on summed
 log-probs, so reward metrics are comparable across loss types.
 """
@@ -28,7 +34,7 @@ from tqdm.auto import tqdm
 
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule
 from zoo.backbone import BackboneConfig, load_backbone, uses_peft
-from zoo.logprobs import sequence_logprobs
+from zoo.logprobs import batch_sequence_logprobs
 from zoo.losses import DPOLossType, dpo_loss
 from zoo.records import PreferencePair
 
@@ -43,6 +49,7 @@ class DPO(CausalLMModule):
         reference: ``cached`` or ``live`` (see the module docstring).
         reference_model: a different reference (hub id / path); default: the initial policy.
         ref_cache_dir: where cached reference log-probs are stored (``None``: memory and checkpoints only).
+        share_prompt: run each pair's prompt once (prefix sharing; see the module docstring).
     """
 
     record_kind = "preference"
@@ -55,6 +62,7 @@ class DPO(CausalLMModule):
         reference: Literal["cached", "live"] = "cached",
         reference_model: str | None = None,
         ref_cache_dir: str | None = "outputs/ref_cache",
+        share_prompt: bool = True,
         **kwargs: Any,
     ):
         if loss_type not in ("sigmoid", "ipo"):
@@ -63,6 +71,7 @@ class DPO(CausalLMModule):
             raise ValueError(f"model.reference must be 'cached' or 'live', got {reference!r}")
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.reference, self.reference_model, self.ref_cache_dir = reference, reference_model, ref_cache_dir
+        self.share_prompt = share_prompt
         super().__init__(**kwargs)
         self.ref_logps: dict[str, torch.Tensor] = {}  # split -> [N, 2] (chosen, rejected) sums
         self.ref_keys: dict[str, str] = {}
@@ -70,7 +79,13 @@ class DPO(CausalLMModule):
 
     def method_hparams(self) -> dict[str, Any]:
         return dict(beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
-                    reference=self.reference, reference_model=self.reference_model, ref_cache_dir=self.ref_cache_dir)
+                    reference=self.reference, reference_model=self.reference_model, ref_cache_dir=self.ref_cache_dir,
+                    share_prompt=self.share_prompt)
+
+    def collate_options(self) -> dict[str, Any]:
+        # flash-attention kernels take no custom mask: they get the plain padded layout
+        masks_ok = self.backbone_cfg.attn_implementation in (None, "sdpa", "eager")
+        return {"share_prompt": self.share_prompt and masks_ok}
 
     def check_shardable(self) -> None:
         super().check_shardable()
@@ -102,11 +117,10 @@ class DPO(CausalLMModule):
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Reference sequence log-probs [2B] for a batch, computed now."""
         ref = self._live_reference() if self.reference == "live" else self._cache_reference()
-        args = (batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_size)
         if ref is None:
             with self.model.disable_adapter():
-                return sequence_logprobs(self.model, *args)[0]
-        return sequence_logprobs(ref, *args)[0]
+                return batch_sequence_logprobs(self.model, batch, self.logprob_chunk_size)[0]
+        return batch_sequence_logprobs(ref, batch, self.logprob_chunk_size)[0]
 
     def _cache_reference(self) -> torch.nn.Module:
         if self.reference_model is None:
@@ -183,9 +197,7 @@ class DPO(CausalLMModule):
     # ---- loss -------------------------------------------------------------------------------------
     def policy_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy sequence log-probs [2B] (chosen block, rejected block) and completion lengths [2B]."""
-        return sequence_logprobs(
-            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_size
-        )
+        return batch_sequence_logprobs(self.model, batch, self.logprob_chunk_size)
 
     def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
         """Extra per-batch metrics (CMPO logs them per attribute)."""

@@ -8,6 +8,12 @@ prompts too), this module turns them into tensors the same way for all.
 second run never re-tokenizes. ``PadCollator`` only pads: each batch becomes ``[C * B, T]`` rows,
 completion-major (all first completions, then all second ones...), so DPO's chosen and rejected go
 through one concatenated forward. Labels are -100 everywhere but completion tokens.
+
+With ``share_prompt`` the prompt runs once per example instead of once per completion (prefix sharing):
+one row ``prompt | completion_0 | completion_1 | ...`` per example, positions of each completion restarting
+after the prompt, and a 4-D mask in which every completion sees the prompt and its own earlier tokens only.
+The log-probs are those of the separate rows (same positions, same visible context); the trunk processes
+``P + ΣC`` tokens instead of ``C·(P + max C)``. See ``packed_rows``.
 """
 
 from __future__ import annotations
@@ -115,6 +121,7 @@ class PadCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    share_prompt: bool = False  # one packed row per example (``packed_rows``) when it has >= 2 completions
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         n_comp = {len(e["completion_ids"]) for e in examples}
@@ -123,6 +130,8 @@ class PadCollator:
         (c,) = n_comp
         if c == 0:  # prompts only (predict, sampling): ids stay lists, the sampler pads them on the left
             return {"prompt_ids": [e["prompt_ids"] for e in examples], **self._extras(examples)}
+        if self.share_prompt and c >= 2:
+            return {**packed_rows(examples, self.pad_token_id, self.pad_to_multiple_of), **self._extras(examples)}
         rows = [(e["prompt_ids"], e["completion_ids"][j]) for j in range(c) for e in examples]
         width = max(len(p) + len(y) for p, y in rows)
         if self.pad_to_multiple_of:
@@ -148,3 +157,57 @@ class PadCollator:
             ):
                 extras[key] = torch.tensor([e[key] for e in examples])
         return extras
+
+
+def packed_rows(
+    examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Prefix-shared tensors for B examples with C completions each.
+
+    - ``input_ids`` [B, W]: ``prompt | completion_0 | ... | completion_{C-1} | pad``;
+    - ``position_ids`` [B, W]: completion j's tokens sit at ``len(prompt) + t``, as in its own row;
+    - ``attention_mask`` [B, 1, W, W] bool: a prompt token sees the earlier prompt, a completion token sees
+      the prompt and the earlier tokens of its own completion; a pad token sees itself only (no empty
+      softmax rows, so no NaN can reach a gradient);
+    - ``pred_labels`` [C*B, W], completion-major like the unpacked layout: ``pred_labels[j*B + i, t]`` is the
+      token that position t of row i predicts for completion j, else -100. Position t predicts the next
+      token of its own sequence, so the first token of every completion is predicted by the last prompt
+      position.
+    """
+    b, c = len(examples), len(examples[0]["completion_ids"])
+    width = max(len(e["prompt_ids"]) + sum(len(y) for y in e["completion_ids"]) for e in examples)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((b, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((b, width), dtype=torch.long)
+    pred_labels = torch.full((c * b, width), IGNORE_INDEX, dtype=torch.long)
+    allowed = torch.zeros((b, width, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for i, e in enumerate(examples):
+        p = len(e["prompt_ids"])
+        input_ids[i, :p] = torch.tensor(e["prompt_ids"], dtype=torch.long)
+        position_ids[i, :p] = torch.arange(p)
+        allowed[i, :p, :p] = causal[:p, :p]
+        start = p
+        for j, y in enumerate(e["completion_ids"]):
+            n, end = len(y), start + len(y)
+            if n == 0:
+                continue
+            input_ids[i, start:end] = torch.tensor(y, dtype=torch.long)
+            position_ids[i, start:end] = torch.arange(p, p + n)
+            allowed[i, start:end, :p] = True
+            allowed[i, start:end, start:end] = causal[:n, :n]
+            # predicting positions: the last prompt token (for y[0]), then each completion token but the last
+            if p > 0:
+                pred_labels[j * b + i, p - 1] = y[0]
+            pred_labels[j * b + i, start : end - 1] = torch.tensor(y[1:], dtype=torch.long)
+            start = end
+        pad = torch.arange(start, width)
+        allowed[i, pad, pad] = True
+        position_ids[i, start:] = torch.arange(width - start) + (position_ids[i, start - 1] + 1 if start else 0)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": allowed[:, None],
+        "pred_labels": pred_labels,
+    }

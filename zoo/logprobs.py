@@ -47,8 +47,17 @@ def token_logprobs(
     return torch.cat(parts)
 
 
-def final_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def final_hidden(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The trunk's final hidden states [N, T, H].
+
+    ``attention_mask`` is the usual [N, T] padding mask, or a 4-D boolean [N, 1, T, T] "who sees whom" mask
+    with explicit ``position_ids`` (prefix-shared rows, ``zoo.collate.packed_rows``); transformers passes
+    a 4-D mask through unchanged, and SDPA takes it as is (eager attention gets it as an additive mask).
 
     The call goes through the root model (``logits_to_keep=1``: one logit row per sequence), not the trunk
     alone, so every wrapper's hooks run: FSDP2 gathers its root parameters (embeddings, final norm, a
@@ -60,9 +69,14 @@ def final_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     def grab(module: nn.Module, args: tuple, output) -> None:
         captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
 
+    if attention_mask.ndim == 4 and getattr(getattr(model, "config", None), "_attn_implementation", None) == "eager":
+        attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill(
+            ~attention_mask, torch.finfo(torch.float32).min
+        )
+    extra = {} if position_ids is None else {"position_ids": position_ids}
     handle = trunk.register_forward_hook(grab)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1, **extra)
     finally:
         handle.remove()
     return captured[-1]
@@ -78,6 +92,33 @@ def completion_hidden(
     mask = targets != IGNORE_INDEX
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
     return hidden[:, :-1][mask], targets[mask], rows
+
+
+def batch_completion_hidden(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``completion_hidden`` for a collated batch in either layout: padded rows (``labels`` [N, T]) or
+    prefix-shared rows (``pred_labels`` [N, W], ``position_ids``, 4-D mask; ``zoo.collate.packed_rows``).
+    Returns (hidden [M, H], targets [M], sequence index [M] in completion-major order, N)."""
+    if "pred_labels" not in batch:
+        labels = batch["labels"]
+        return (*completion_hidden(model, batch["input_ids"], batch["attention_mask"], labels), labels.shape[0])
+    hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    pred = batch["pred_labels"]
+    seq, pos = (pred != IGNORE_INDEX).nonzero(as_tuple=True)  # row-major: each sequence's tokens in order
+    return hidden[seq % hidden.shape[0], pos], pred[seq, pos], seq, pred.shape[0]
+
+
+def batch_sequence_logprobs(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    chunk_size: int = 1024,
+    head: nn.Module | Callable[..., torch.Tensor] | None = None,
+    row_args: tuple[torch.Tensor, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sequence_logprobs`` for a collated batch in either layout (see ``batch_completion_hidden``)."""
+    hidden, targets, rows, n = batch_completion_hidden(model, batch)
+    return sum_by_row(hidden, targets, rows, n, head or trunk_and_head(model)[1], chunk_size, row_args)
 
 
 def sequence_logprobs(
