@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -39,3 +41,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
         checkpoint["steerzoo_path"] = str(path)
         return checkpoint
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for ``last.ckpt`` that also saves when ``fit`` ends.
+
+    Lightning's own callback refreshes ``last.ckpt`` only on its schedule (every N steps or epochs), so a
+    run of 24 steps saved every 10 would leave step 20 behind: ``predict --ckpt_path last.ckpt`` would use
+    stale weights and a resume would redo four steps. This one writes the final state too.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -1,7 +1,8 @@
 """The base DataModule: raw rows -> canonical records -> method examples -> token ids -> batches.
 
 A dataset file subclasses ``RecordDataModule`` and writes two things: ``load_split`` (the real
-``datasets.load_dataset`` call, hub or local files) and ``to_records`` (one raw row -> records). It knows
+``datasets.load_dataset`` call, hub or local files) and ``to_records`` (one raw row -> records); a source
+of local files or else hub splits subclasses ``HubOrFilesDataModule``, which handles the splits. It knows
 nothing about methods. The method (the LightningModule) says which record kind it consumes and how a
 record becomes an example (``record_kind``, ``example_fn``); it knows nothing about datasets.
 
@@ -341,3 +342,72 @@ class RecordDataModule(L.LightningDataModule):
             train = train.add_column(ROW, list(range(len(train))))
         parts = train.train_test_split(test_size=self.validation_fraction, seed=self.seed, shuffle=True)
         return parts["train"], parts["test"]
+
+
+class HubOrFilesDataModule(RecordDataModule):
+    """Split handling for a source read from local files per split (``self.data_files``) or else the hub.
+
+    A split comes from its own files (``datasets.load_dataset("json", ...)``) or hub split; where there is no
+    validation split, ``validation_fraction`` holds out a seeded part of train, which then also serves the
+    other missing splits. A subclass sets ``data_files`` (``checked_files`` output, or None for the hub) and
+    writes the hooks: ``hub_splits`` (split -> hub split), ``load_hub`` (the real hub
+    ``datasets.load_dataset`` call), ``hub_name`` (a hub split in source names) and ``label`` (the
+    dataset in error messages).
+    """
+
+    data_files: dict[str, list[str]] | None
+    held_out_note: ClassVar[str] = " (held-out {split} part)"  # appended to a held-out split's source name
+
+    # ---- hooks --------------------------------------------------------------------------------------
+    def hub_splits(self) -> dict[str, str]:
+        """Our split name -> the hub's split name, for the splits the hub has."""
+        raise NotImplementedError
+
+    def load_hub(self, hub_split: str) -> datasets.Dataset:
+        """Raw rows of one hub split (``datasets.load_dataset`` with the hub id, config, revision)."""
+        raise NotImplementedError
+
+    def hub_name(self, hub_split: str) -> str:
+        """``hub_split`` as a source name, e.g. ``nvidia/HelpSteer/train``."""
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        """The dataset's name in error messages."""
+        return type(self).__name__
+
+    def missing_split(self, split: str) -> str:
+        """The error for a split that is neither given nor held out."""
+        return f"{self.label}: no {split!r} split; give data.data_files.{split} or validation_fraction"
+
+    # ---- split handling -----------------------------------------------------------------------------
+    def _has(self, split: str) -> bool:
+        return split in (self.data_files if self.data_files is not None else self.hub_splits())
+
+    def _held_out(self) -> bool:
+        return self.validation_fraction > 0 and not self._has("validation")
+
+    def _load(self, split: str) -> datasets.Dataset:
+        if self.data_files is not None:
+            return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
+        return self.load_hub(self.hub_splits()[split])
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        if split == "train" and self._held_out():
+            return self.split_off_validation(self._load("train"))[0]
+        if self._has(split):
+            return self._load(split)
+        if self._held_out():
+            return self.split_off_validation(self._load("train"))[1]
+        raise ValueError(self.missing_split(split))
+
+    def _source_of(self, part: str) -> str:
+        """The files or hub split that split ``part`` is read from."""
+        if self.data_files is not None:
+            return ",".join(self.data_files.get(part, []))
+        return self.hub_name(self.hub_splits().get(part, part))
+
+    def source_name(self, split: str) -> str:
+        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
+        tail = "" if own or split == "train" else self.held_out_note.format(split=split)
+        return self._source_of(split if own else "train") + tail

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import RecordDataModule, checked_files
+from datamodules.base import HubOrFilesDataModule, checked_files
 from zoo.records import Demonstration, PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_IDS = {"helpsteer": "nvidia/HelpSteer", "helpsteer2": "nvidia/HelpSteer2"}
@@ -70,7 +70,7 @@ def parse_prompt(text: str) -> list[dict[str, str]]:
     return messages
 
 
-class HelpSteerDataModule(RecordDataModule):
+class HelpSteerDataModule(HubOrFilesDataModule):
     """HelpSteer / HelpSteer2 ``scored`` responses (five 0-4 attributes) and ``prompt`` records.
 
     Args:
@@ -109,35 +109,16 @@ class HelpSteerDataModule(RecordDataModule):
         self.attributes = list(attributes) if attributes else list(ATTRIBUTES)
 
     # --- raw rows ---------------------------------------------------------------------------------
-    def _has(self, split: str) -> bool:
-        return split in (self.data_files if self.data_files is not None else HUB_SPLITS)
+    label = "HelpSteer"
 
-    def _held_out(self) -> bool:
-        return self.validation_fraction > 0 and not self._has("validation")
+    def hub_splits(self) -> dict[str, str]:
+        return HUB_SPLITS
 
-    def _load(self, split: str) -> datasets.Dataset:
-        if self.data_files is not None:
-            return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
-        return datasets.load_dataset(HUB_IDS[self.version], split=HUB_SPLITS[split], revision=self.revision)
+    def load_hub(self, hub_split: str) -> datasets.Dataset:
+        return datasets.load_dataset(HUB_IDS[self.version], split=hub_split, revision=self.revision)
 
-    def load_split(self, split: str) -> datasets.Dataset:
-        if split == "train" and self._held_out():
-            return self.split_off_validation(self._load("train"))[0]
-        if self._has(split):
-            return self._load(split)
-        if self._held_out():
-            return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(
-            f"HelpSteer: no {split!r} split; give data.data_files.{split} or validation_fraction"
-        )
-
-    def source_name(self, split: str) -> str:
-        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
-        part = split if own else "train"
-        tail = "" if own or split == "train" else f" (held-out {split} part)"
-        if self.data_files is not None:
-            return ",".join(self.data_files.get(part, [])) + tail
-        return f"{HUB_IDS[self.version]}/{HUB_SPLITS.get(part, part)}{tail}"
+    def hub_name(self, hub_split: str) -> str:
+        return f"{HUB_IDS[self.version]}/{hub_split}"
 
     def record_options(self) -> dict[str, Any]:
         return {"attributes": self.attributes}

@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import RecordDataModule, checked_files
+from datamodules.base import HubOrFilesDataModule, checked_files
 from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_ID = "OpenAssistant/oasst1"
@@ -190,7 +190,7 @@ def _label_scores(m: Mapping[str, Any], keep: list[str] | None) -> dict[str, flo
     return scores
 
 
-class OASST1DataModule(RecordDataModule):
+class OASST1DataModule(HubOrFilesDataModule):
     """OASST1 trees: ``prompt``, ``demonstration``, ``preference`` (sibling ranks), ``scored`` (labels).
 
     Args:
@@ -228,17 +228,19 @@ class OASST1DataModule(RecordDataModule):
         self.label_names = label_names
 
     # --- raw rows: messages grouped into trees ---------------------------------------------------
-    def _has(self, split: str) -> bool:
-        return split in (self.data_files if self.data_files is not None else HUB_SPLITS)
+    label = "OASST1"
 
-    def _held_out(self) -> bool:
-        return self.validation_fraction > 0 and not self._has("validation")
+    def hub_splits(self) -> dict[str, str]:
+        return HUB_SPLITS
+
+    def load_hub(self, hub_split: str) -> datasets.Dataset:
+        return datasets.load_dataset(HUB_ID, split=hub_split, revision=self.revision)
+
+    def hub_name(self, hub_split: str) -> str:
+        return f"{HUB_ID}/{hub_split}"
 
     def _load(self, split: str) -> datasets.Dataset:
-        if self.data_files is not None:
-            messages = datasets.load_dataset("json", data_files=self.data_files[split], split="train")
-        else:
-            messages = datasets.load_dataset(HUB_ID, split=HUB_SPLITS[split], revision=self.revision)
+        messages = super()._load(split)  # grouped before any held-out split, so whole trees are held out
         return messages.map(
             group_trees,
             batched=True,
@@ -247,23 +249,6 @@ class OASST1DataModule(RecordDataModule):
             remove_columns=messages.column_names,
             desc="OASST1: messages -> trees",
         )
-
-    def load_split(self, split: str) -> datasets.Dataset:
-        if split == "train" and self._held_out():
-            return self.split_off_validation(self._load("train"))[0]  # whole trees are held out
-        if self._has(split):
-            return self._load(split)
-        if self._held_out():
-            return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(f"OASST1: no {split!r} split; give data.data_files.{split} or validation_fraction")
-
-    def source_name(self, split: str) -> str:
-        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
-        part = split if own else "train"
-        tail = "" if own or split == "train" else f" (held-out {split} part)"
-        if self.data_files is not None:
-            return ",".join(self.data_files.get(part, [])) + tail
-        return f"{HUB_ID}/{HUB_SPLITS.get(part, part)}{tail}"
 
     def record_options(self) -> dict[str, Any]:
         return {

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import datasets
 
-from datamodules.base import RecordDataModule, checked_files
+from datamodules.base import HubOrFilesDataModule, checked_files
 from zoo.records import PromptRecord, Record, RecordError
 
 SAMPLE_FILES = {
@@ -139,7 +139,7 @@ def parse_preferences(code: str) -> tuple[str, ...]:
     return symbols
 
 
-class PersonalizedSoupsDataModule(RecordDataModule):
+class PersonalizedSoupsDataModule(HubOrFilesDataModule):
     """Personalized Soups ``prompt`` records: instructions x preference combinations.
 
     Args:
@@ -173,15 +173,24 @@ class PersonalizedSoupsDataModule(RecordDataModule):
         self.data_files = checked_files(data_files)
         self.evaluation_prompts = evaluation_prompts
 
-    # --- raw rows ---------------------------------------------------------------------------------
+    # --- raw rows: local files, and the paper's evaluation prompts (no hub) -----------------------
+    def hub_splits(self) -> dict[str, str]:
+        return {}
+
+    def hub_name(self, hub_split: str) -> str:
+        return ""  # no hub: a split without files names no source
+
+    def missing_split(self, split: str) -> str:
+        return (
+            f"Personalized Soups: no {split!r} split: the training prompts are local files; "
+            f"give data.data_files.{split}"
+        )
+
     def _from_paper(self, split: str) -> bool:
         return self.evaluation_prompts and split != "train"
 
     def _has(self, split: str) -> bool:
-        return self._from_paper(split) or split in (self.data_files or {})
-
-    def _held_out(self) -> bool:
-        return self.validation_fraction > 0 and not self._has("validation")
+        return self._from_paper(split) or super()._has(split)
 
     def _load(self, split: str) -> datasets.Dataset:
         if self._from_paper(split):
@@ -192,23 +201,14 @@ class PersonalizedSoupsDataModule(RecordDataModule):
         return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
 
     def load_split(self, split: str) -> datasets.Dataset:
-        if split == "train" and self._held_out():
-            return self.split_off_validation(self._load("train"))[0]
-        if self._has(split):
-            return self._load(split)
-        if self._held_out() and self._has("train"):
-            return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(
-            f"Personalized Soups: no {split!r} split: the training prompts are local files; give data.data_files.{split}"
-        )
+        if split != "train" and not self._has(split) and not self._has("train"):
+            raise ValueError(self.missing_split(split))  # no local train files to hold a part out of
+        return super().load_split(split)
 
     def source_name(self, split: str) -> str:
         if self._from_paper(split):
             return "Personalized Soups paper, Table 5 (evaluation prompts)"
-        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
-        part = split if own else "train"
-        tail = "" if own or split == "train" else f" (held-out {split} part)"
-        return ",".join((self.data_files or {}).get(part, [])) + tail
+        return super().source_name(split)
 
     def record_options(self) -> dict[str, Any]:
         return {"preferences": self.preferences}

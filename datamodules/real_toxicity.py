@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import datasets
 
-from datamodules.base import ROW, RecordDataModule, checked_files
+from datamodules.base import ROW, HubOrFilesDataModule, checked_files
 from zoo.records import PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_ID = "allenai/real-toxicity-prompts"
@@ -82,7 +82,7 @@ def perspective_scores(part: Any, field: str) -> tuple[str, dict[str, float]]:
     return text, scores
 
 
-class RealToxicityPromptsDataModule(RecordDataModule):
+class RealToxicityPromptsDataModule(HubOrFilesDataModule):
     """RealToxicityPrompts ``prompt`` records (with ``prompt_scores``) and ``scored`` continuations.
 
     Args:
@@ -121,16 +121,22 @@ class RealToxicityPromptsDataModule(RecordDataModule):
         )
 
     # --- raw rows ---------------------------------------------------------------------------------
-    def _has(self, split: str) -> bool:
-        return split in (self.data_files if self.data_files is not None else ("train",))
+    held_out_note = " ({split} part)"
 
-    def _held_out(self) -> bool:
-        return self.validation_fraction > 0 and not self._has("validation")
+    def hub_splits(self) -> dict[str, str]:
+        return {"train": "train"}
 
-    def _load(self, split: str) -> datasets.Dataset:
-        if self.data_files is not None:
-            return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
-        return datasets.load_dataset(HUB_ID, split=split, revision=self.revision)
+    def load_hub(self, hub_split: str) -> datasets.Dataset:
+        return datasets.load_dataset(HUB_ID, split=hub_split, revision=self.revision)
+
+    def hub_name(self, hub_split: str) -> str:
+        return f"{HUB_ID}/{hub_split}"
+
+    def missing_split(self, split: str) -> str:
+        return (
+            f"RealToxicityPrompts: no {split!r} split; give data.data_files.{split}, validation_fraction or "
+            "split_fractions"
+        )
 
     def _fraction_split(self, split: str) -> datasets.Dataset:
         rows = self._load("train")
@@ -145,25 +151,12 @@ class RealToxicityPromptsDataModule(RecordDataModule):
     def load_split(self, split: str) -> datasets.Dataset:
         if self.split_fractions is not None:
             return self._fraction_split(split)
-        if split == "train" and self._held_out():
-            return self.split_off_validation(self._load("train"))[0]
-        if self._has(split):
-            return self._load(split)
-        if self._held_out():
-            return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(
-            f"RealToxicityPrompts: no {split!r} split; give data.data_files.{split}, validation_fraction or split_fractions"
-        )
+        return super().load_split(split)
 
     def source_name(self, split: str) -> str:
-        own = (
-            self.split_fractions is None and self._has(split) and not (split == "train" and self._held_out())
-        )
-        part = split if own else "train"
-        tail = "" if own or (split == "train" and self.split_fractions is None) else f" ({split} part)"
-        if self.data_files is not None:
-            return ",".join(self.data_files.get(part, [])) + tail
-        return f"{HUB_ID}/{part}{tail}"
+        if self.split_fractions is not None:  # every split is a part of train
+            return self._source_of("train") + f" ({split} part)"
+        return super().source_name(split)
 
     def record_options(self) -> dict[str, Any]:
         return {"challenging_only": self.challenging_only}

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import RecordDataModule, checked_files
+from datamodules.base import HubOrFilesDataModule, checked_files
 from zoo.records import PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -98,45 +98,20 @@ def _index(value: Any, field: str) -> int:
     return int(value)
 
 
-class _LocalOrHub(RecordDataModule):
-    """Split handling shared by the two modules below: local files per split, else the hub's splits."""
+class _LocalOrHub(HubOrFilesDataModule):
+    """The hub source shared by the two modules below: ``hub_id`` with an optional ``data_dir``."""
 
     hub_id: ClassVar[str]
 
-    def _hub_splits(self) -> dict[str, str]:
-        raise NotImplementedError
+    @property
+    def label(self) -> str:
+        return self.hub_id
 
-    def _has(self, split: str) -> bool:
-        return split in (self.data_files if self.data_files is not None else self._hub_splits())
+    def load_hub(self, hub_split: str) -> datasets.Dataset:
+        return datasets.load_dataset(self.hub_id, data_dir=self.data_dir, split=hub_split, revision=self.revision)
 
-    def _held_out(self) -> bool:
-        return self.validation_fraction > 0 and not self._has("validation")
-
-    def _load(self, split: str) -> datasets.Dataset:
-        if self.data_files is not None:
-            return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
-        return datasets.load_dataset(
-            self.hub_id, data_dir=self.data_dir, split=self._hub_splits()[split], revision=self.revision
-        )
-
-    def load_split(self, split: str) -> datasets.Dataset:
-        if split == "train" and self._held_out():
-            return self.split_off_validation(self._load("train"))[0]
-        if self._has(split):
-            return self._load(split)
-        if self._held_out():
-            return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(
-            f"{self.hub_id}: no {split!r} split; give data.data_files.{split} or validation_fraction"
-        )
-
-    def source_name(self, split: str) -> str:
-        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
-        part = split if own else "train"
-        tail = "" if own or split == "train" else f" (held-out {split} part)"
-        if self.data_files is not None:
-            return ",".join(self.data_files.get(part, [])) + tail
-        return f"{self.hub_id}/{self._hub_splits().get(part, part)}{tail}"
+    def hub_name(self, hub_split: str) -> str:
+        return f"{self.hub_id}/{hub_split}"
 
     def _dedup_prompts(self, split: str, recs: datasets.Dataset) -> datasets.Dataset:
         seen: set[str] = set()
@@ -179,7 +154,7 @@ class BeaverTailsDataModule(_LocalOrHub):
         self.data_files = checked_files(data_files)
         self.subset, self.is_safe, self.revision, self.data_dir = subset, is_safe, revision, None
 
-    def _hub_splits(self) -> dict[str, str]:
+    def hub_splits(self) -> dict[str, str]:
         test = f"{self.subset}_test"
         return {"train": f"{self.subset}_train", "validation": test, "test": test, "predict": test}
 
@@ -259,7 +234,7 @@ class PKUSafeRLHFDataModule(_LocalOrHub):
         self.attributes, self.different_safety_only = attributes, different_safety_only
         self.data_dir, self.revision = data_dir, revision
 
-    def _hub_splits(self) -> dict[str, str]:
+    def hub_splits(self) -> dict[str, str]:
         return SAFERLHF_SPLITS
 
     def record_options(self) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import RecordDataModule, checked_files
+from datamodules.base import HubOrFilesDataModule, checked_files
 from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 Subset = Literal["comparisons", "axis", "sft", "carper_comparisons"]
@@ -139,7 +139,7 @@ def row_form(row: Mapping[str, Any]) -> str:
     )
 
 
-class TLDRDataModule(RecordDataModule):
+class TLDRDataModule(HubOrFilesDataModule):
     """Reddit TL;DR: ``preference`` (comparisons), ``scored`` (axis), ``demonstration``, ``prompt``.
 
     Args:
@@ -175,37 +175,20 @@ class TLDRDataModule(RecordDataModule):
         self.subset, self.reddit_only, self.dedup, self.revision = subset, reddit_only, dedup, revision
 
     # --- raw rows ---------------------------------------------------------------------------------
-    def _has(self, split: str) -> bool:
-        return split in (self.data_files if self.data_files is not None else HUB[self.subset][2])
+    @property
+    def label(self) -> str:
+        return f"TL;DR ({self.subset})"
 
-    def _held_out(self) -> bool:
-        return self.validation_fraction > 0 and not self._has("validation")
+    def hub_splits(self) -> dict[str, str]:
+        return HUB[self.subset][2]
 
-    def _load(self, split: str) -> datasets.Dataset:
-        if self.data_files is not None:
-            return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
-        hub_id, config, splits = HUB[self.subset]
-        return datasets.load_dataset(hub_id, config, split=splits[split], revision=self.revision)
+    def load_hub(self, hub_split: str) -> datasets.Dataset:
+        hub_id, config, _ = HUB[self.subset]
+        return datasets.load_dataset(hub_id, config, split=hub_split, revision=self.revision)
 
-    def load_split(self, split: str) -> datasets.Dataset:
-        if split == "train" and self._held_out():
-            return self.split_off_validation(self._load("train"))[0]
-        if self._has(split):
-            return self._load(split)
-        if self._held_out():
-            return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(
-            f"TL;DR ({self.subset}): no {split!r} split; give data.data_files.{split} or validation_fraction"
-        )
-
-    def source_name(self, split: str) -> str:
-        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
-        part = split if own else "train"
-        tail = "" if own or split == "train" else f" (held-out {split} part)"
-        if self.data_files is not None:
-            return ",".join(self.data_files.get(part, [])) + tail
-        hub_id, config, splits = HUB[self.subset]
-        return f"{hub_id}[{config or 'default'}]/{splits.get(part, part)}{tail}"
+    def hub_name(self, hub_split: str) -> str:
+        hub_id, config, _ = HUB[self.subset]
+        return f"{hub_id}[{config or 'default'}]/{hub_split}"
 
     def record_options(self) -> dict[str, Any]:
         return {"reddit_only": self.reddit_only}

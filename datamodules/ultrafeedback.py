@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import ROW, RecordDataModule, checked_files
+from datamodules.base import ROW, HubOrFilesDataModule, checked_files
 from zoo.records import PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 RAW_ID = "openbmb/UltraFeedback"
@@ -107,7 +107,7 @@ def prompt_text(value: Any, field: str = "prompt") -> str:
     return _text(value, field)
 
 
-class UltraFeedbackDataModule(RecordDataModule):
+class UltraFeedbackDataModule(HubOrFilesDataModule):
     """UltraFeedback ``scored`` responses, ``preference`` pairs and ``prompt`` records (raw or binarized).
 
     Args:
@@ -158,23 +158,28 @@ class UltraFeedbackDataModule(RecordDataModule):
         )
 
     # --- raw rows ---------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"UltraFeedback ({self.source})"
+
+    def hub_splits(self) -> dict[str, str]:
+        return HUB_SPLITS[self.source]
+
+    def load_hub(self, hub_split: str) -> datasets.Dataset:
+        hub_id = RAW_ID if self.source == "raw" else BINARIZED_ID
+        return datasets.load_dataset(hub_id, split=hub_split, revision=self.revision)
+
+    def hub_name(self, hub_split: str) -> str:
+        return f"{RAW_ID if self.source == 'raw' else BINARIZED_ID}/{hub_split}"
+
     def _has(self, split: str) -> bool:
         if self.zephyr_split:  # every split is a prompt-filtered view of the raw train rows
             return split in (self.zephyr_files if self.zephyr_files is not None else HUB_SPLITS["binarized"])
-        return split in (self.data_files if self.data_files is not None else HUB_SPLITS[self.source])
-
-    def _held_out(self) -> bool:
-        return self.validation_fraction > 0 and not self._has("validation")
-
-    def _load_source(self, split: str) -> datasets.Dataset:
-        if self.data_files is not None:
-            return datasets.load_dataset("json", data_files=self.data_files[split], split="train")
-        hub_id = RAW_ID if self.source == "raw" else BINARIZED_ID
-        return datasets.load_dataset(hub_id, split=HUB_SPLITS[self.source][split], revision=self.revision)
+        return super()._has(split)
 
     def _load(self, split: str) -> datasets.Dataset:
         if not self.zephyr_split:
-            return self._load_source(split)
+            return super()._load(split)
         if self.zephyr_files is not None:
             binarized = datasets.load_dataset("json", data_files=self.zephyr_files[split], split="train")
         else:
@@ -182,33 +187,18 @@ class UltraFeedbackDataModule(RecordDataModule):
                 BINARIZED_ID, split=HUB_SPLITS["binarized"][split], revision=self.revision
             )
         prompts = {prompt_text(p) for p in binarized["prompt"]}
-        raw = self._load_source("train")
+        raw = super()._load("train")
         if ROW not in raw.column_names:  # keep each raw row's line for error messages
             raw = raw.add_column(ROW, list(range(len(raw))))
         return raw.filter(
             lambda text: text in prompts, input_columns="instruction", desc=f"Zephyr {split} prompts"
         )
 
-    def load_split(self, split: str) -> datasets.Dataset:
-        if split == "train" and self._held_out():
-            return self.split_off_validation(self._load("train"))[0]
-        if self._has(split):
-            return self._load(split)
-        if self._held_out():
-            return self.split_off_validation(self._load("train"))[1]
-        raise ValueError(
-            f"UltraFeedback ({self.source}): no {split!r} split; give data.data_files.{split} or validation_fraction"
-        )
+    def _source_of(self, part: str) -> str:
+        return super()._source_of("train" if self.zephyr_split else part)  # Zephyr: all from raw train
 
     def source_name(self, split: str) -> str:
-        own = self._has(split) and not (split == "train" and self._held_out())  # else a part of train
-        part = "train" if self.zephyr_split or not own else split
-        tail = "" if own or split == "train" else f" (held-out {split} part)"
-        tail += f" (Zephyr {split} prompts)" if self.zephyr_split else ""
-        if self.data_files is not None:
-            return ",".join(self.data_files.get(part, [])) + tail
-        hub_id = RAW_ID if self.source == "raw" else BINARIZED_ID
-        return f"{hub_id}/{HUB_SPLITS[self.source].get(part, part)}{tail}"
+        return super().source_name(split) + (f" (Zephyr {split} prompts)" if self.zephyr_split else "")
 
     def record_options(self) -> dict[str, Any]:
         return {"pair_attributes": self.pair_attributes}
