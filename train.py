@@ -14,9 +14,26 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 import datamodules  # noqa: E402,F401  (registers the DataModules for class_path lookup)
 import lightning_modules  # noqa: E402,F401
 from callbacks.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+from zoo.precision import resolve_precision  # noqa: E402
 
 
 class SteerZooCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--bf16_fallback", type=bool, default=True,
+            help="run 32-true instead of a bf16 trainer.precision on a device without bf16 hardware "
+                 "(CPUs without AMX/AVX512-BF16 emulate bf16 ~10x slower than fp32)",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if not config.get("bf16_fallback", True):
+            return
+        precision, why = resolve_precision(config.trainer.precision, config.trainer.accelerator)
+        if why is not None:
+            print(f"steerzoo: {why}", flush=True)
+            config.trainer.precision = precision
+
     def _parse_ckpt_path(self) -> None:
         """Lightning would overwrite the command line with the checkpoint's hyper-parameters; here the
         configs and flags you pass win (e.g. ``--model.init_args.steer`` at predict time) and the

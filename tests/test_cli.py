@@ -81,3 +81,23 @@ def test_cmpo_fit_resume_and_predict_with_two_weight_vectors(tmp_cwd):
     assert outputs["s"][0]["steer"] == {"verbosity": 0.0, "sentiment": 1.0}
     hf = sorted((tmp_cwd / "runs" / "cmpo").rglob("hf/plural_heads.safetensors"))
     assert hf and (hf[-1].parent / "cmpo.json").exists()
+
+
+BF16_ARGS = ["--config", str(ROOT / "configs" / "dpo.yaml"), "--model.init_args.backbone.name_or_path", "builtin:tiny",
+             "--trainer.accelerator", "cpu"]
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(monkeypatch, capsys):
+    import zoo.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    cli = main([*BF16_ARGS], run=False)
+    assert cli.trainer.precision == "32-true"
+    assert "no bf16 instructions" in capsys.readouterr().out
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    cli = main([*BF16_ARGS], run=False)
+    assert cli.trainer.precision == "bf16-mixed"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    cli = main([*BF16_ARGS,
+                "--bf16_fallback", "false"], run=False)
+    assert cli.trainer.precision == "bf16-mixed"  # the user's explicit choice wins
