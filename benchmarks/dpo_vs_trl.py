@@ -295,6 +295,12 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
         for s in [s for s in ("steerzoo", "trl_precompute") if s in r]:
             print(f"  {s}: one-off reference pass over its {r[s]['rows']} rows {r[s]['ref_pass_s']:.1f} s; "
                   f"tok/s with it amortised over one epoch {r[s]['tok_s_amortised']:.1f}")
+    from zoo.precision import native_bf16
+
+    if "bf16-mixed" in results and not native_bf16("cpu"):
+        print("\nNOTE: this CPU has no bf16 instructions (no AMX / AVX512-BF16): both sides' bf16 matmuls run in "
+              "PyTorch's emulated fallback, ~10x slower than fp32, so bf16 tok/s say little about either; the "
+              "memory ratio still holds (steerzoo's CLI runs such a CPU in fp32, see zoo/precision.py)")
     busy = max(r[s]["others_cpu_share"] for r in results.values() for s in r)
     if busy > 0.1:
         print(f"\nWARNING: other processes used up to {100 * busy:.0f}% of the CPUs during timed steps; wall-clock "

@@ -6,6 +6,7 @@ from datamodules.mixture import MixtureDataModule
 from datamodules.oasst import OASST1DataModule
 from datamodules.personalized_soups import PersonalizedSoupsDataModule
 from datamodules.real_toxicity import RealToxicityPromptsDataModule
+from datamodules.records_file import RecordsFileDataModule
 from datamodules.safety import BeaverTailsDataModule, PKUSafeRLHFDataModule
 from datamodules.tldr import TLDRDataModule
 from datamodules.ultrafeedback import UltraFeedbackDataModule
@@ -19,6 +20,7 @@ __all__ = [
     "PKUSafeRLHFDataModule",
     "PersonalizedSoupsDataModule",
     "RealToxicityPromptsDataModule",
+    "RecordsFileDataModule",
     "TLDRDataModule",
     "UltraFeedbackDataModule",
 ]

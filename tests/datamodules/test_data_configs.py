@@ -32,7 +32,21 @@ CASES = {
     "beavertails": ("predict", "sft", []),
     "real_toxicity_prompts": ("predict", "sft", []),
     "personalized_soups": ("predict", "sft", []),
+    "apm_labelled": ("validate", "cmpo", ["--model.init_args.attributes", "[helpfulness, verbosity]"]),
 }
+
+
+def _write_apm_labelled(root: Path) -> None:
+    """What scripts/apm_label.py writes, where configs/data/apm_labelled.yaml looks (relative to the run)."""
+    from datamodules.records_file import write_records
+    from zoo.records import ScoredResponse
+
+    scales = {"helpfulness": (0, 4), "verbosity": (0, 4)}
+    for split in ("train", "validation"):
+        records = [ScoredResponse(prompt=f"Question {i} of {split}?", response=f"Answer {j} " * (j + 1),
+                                  scores={"helpfulness": float((i + j) % 5), "verbosity": float(j * 2)},
+                                  scales=scales) for i in range(4) for j in range(2)]
+        write_records(str(root / "runs" / "paper" / "apm_labelled" / f"{split}.jsonl"), records)
 
 
 def test_every_data_config_has_a_case():
@@ -43,6 +57,8 @@ def test_every_data_config_has_a_case():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_data_config_runs_with_a_method(tmp_cwd, name):
     subcommand, method, extra = CASES[name]
+    if name == "apm_labelled":
+        _write_apm_labelled(tmp_cwd)
     args = [subcommand, "--config", str(ROOT / "configs" / f"{method}.yaml"),
             "--config", str(ROOT / "configs" / "data" / f"{name}.yaml"), *TINY, *extra,
             "--trainer.default_root_dir", str(tmp_cwd)]
