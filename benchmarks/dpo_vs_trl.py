@@ -103,7 +103,7 @@ def load_policy() -> Any:
 
     from zoo.backbone import BackboneConfig, load_base_model
 
-    model = load_base_model(BackboneConfig(name_or_path=MODEL))
+    model = load_base_model(BackboneConfig(name_or_path=MODEL)).train()
     with torch.no_grad():
         for p in model.parameters():  # tied embeddings stay tied: the Parameter object is kept
             p.data = p.data.clone()

@@ -220,6 +220,8 @@ def format_plan(p: MemoryPlan, device_gib: float | None = None) -> str:
         f"memory plan: {p.method} on {p.model}, batch {p.batch_size} ({p.rows} rows) x {p.seq_len} tokens{per}, "
         f"{p.precision}, {p.strategy} x{p.world_size}, {p.device}"
     )
+    if p.method == "DPO":  # rows of P + C + R tokens instead of two of P + max(C, R): fewer, never more
+        head += "\n(activations counted for two padded rows per pair: an upper bound under DPO's default prefix sharing)"
     step_phase = p.weight_copies + p.activations + p.lm_head
     rows: list[tuple[str, str]] = [
         ("parameters", _count(p.params)),
