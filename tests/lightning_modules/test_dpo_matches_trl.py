@@ -90,9 +90,13 @@ def steerzoo_functional(setup, beta, loss_type, label_smoothing):
             "logps/chosen": sums[:b].mean().item(), "logps/rejected": sums[b:].mean().item()}
 
 
-def steerzoo_module(setup, beta, loss_type, label_smoothing):
-    """DPO.dpo_step itself (live reference), its logged metrics captured."""
-    _, policy, reference, _, batch = setup
+def steerzoo_module(setup, beta, loss_type, label_smoothing, packed=False):
+    """DPO.dpo_step itself (live reference), its logged metrics captured; ``packed``: on the prefix-shared
+    batch the training loader gives by default (``share_prompt``), else on two padded rows per pair."""
+    _, policy, reference, examples, batch = setup
+    if packed:
+        batch = PadCollator(pad_token_id=tiny_tokenizer().pad_token_id, share_prompt=True)(examples)
+        assert "pred_labels" in batch
     module = DPO(backbone={"name_or_path": "builtin:tiny"}, reference="live", beta=beta, loss_type=loss_type,
                  label_smoothing=label_smoothing, ref_cache_dir=None)
     module.model = policy
@@ -131,7 +135,7 @@ def results(setup, tmp_path_factory):
     for name, (zoo_kwargs, trl_kwargs) in VARIANTS.items():
         trl, trl_batch = trl_reference(setup, tmp_path_factory.mktemp(name), trl_kwargs)
         out[name] = {"zoo": steerzoo_functional(setup, **zoo_kwargs), "module": steerzoo_module(setup, **zoo_kwargs),
-                     "trl": trl, "trl_batch": trl_batch}
+                     "packed": steerzoo_module(setup, **zoo_kwargs, packed=True), "trl": trl, "trl_batch": trl_batch}
     return out
 
 
@@ -153,6 +157,7 @@ def test_logprobs_and_loss_match_trl(results, variant):
     assert zoo["loss"] == pytest.approx(trl["loss"], abs=ATOL)
     assert module["loss"] == pytest.approx(trl["loss"], abs=ATOL)
     assert module["logged_loss"] == pytest.approx(trl["loss"], abs=ATOL)
+    assert results[variant]["packed"]["loss"] == pytest.approx(trl["loss"], abs=ATOL)  # prefix sharing
     # the comparison is not trivial: policy != reference
     at_reference = math.log(2) if variant != "ipo" else (1 / (2 * VARIANTS[variant][0]["beta"])) ** 2
     assert abs(trl["loss"] - at_reference) > 1e-3
@@ -165,6 +170,7 @@ def test_rewards_match_trl(results, variant):
         assert abs(trl[key]) > 1e-3, f"{key} is ~0: the policy does not differ from the reference"
         assert zoo[key] == pytest.approx(trl[key], abs=ATOL), (key, zoo[key], trl[key])
         assert module[key] == pytest.approx(trl[key], abs=ATOL), (key, module[key], trl[key])
+        assert results[variant]["packed"][key] == pytest.approx(trl[key], abs=ATOL), key
 
 
 def test_trl_distinguishes_the_variants(results):
