@@ -9,6 +9,15 @@ import lightning as L
 from datamodules.hh_rlhf import HHRLHFDataModule
 
 TINY = {"name_or_path": "builtin:tiny"}
+# train.py flags for a quick CPU run of any method config on the tiny model (tests add their own extras)
+TINY_CLI = [
+    "--model.init_args.backbone.name_or_path", "builtin:tiny",
+    "--model.init_args.tokenize.max_length", "384",
+    "--model.init_args.tokenize.max_prompt_length", "256",
+    "--model.init_args.tokenize.length_policy", "truncate",
+    "--trainer.precision", "32-true",
+    "--trainer.enable_progress_bar", "false",
+]
 
 
 def hh_sample(train: int = 16, validation: int = 8, batch_size: int = 4, **kwargs: Any) -> HHRLHFDataModule:

@@ -7,19 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.factories import TINY_CLI
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--model.init_args.backbone.name_or_path", "builtin:tiny",
-    "--model.init_args.tokenize.max_length", "384",
-    "--model.init_args.tokenize.max_prompt_length", "256",
-    "--model.init_args.tokenize.length_policy", "truncate",
+    *TINY_CLI,
     "--model.init_args.sampling.max_new_tokens", "8",
     "--data.init_args.max_samples", '{"train": 8, "validation": 4, "predict": 3}',
-    "--trainer.precision", "32-true",
     "--trainer.val_check_interval", "2",
-    "--trainer.enable_progress_bar", "false",
     "--trainer.max_epochs", "10",
 ]
 

@@ -15,7 +15,7 @@ import torch
 
 from datamodules.base import RecordDataModule
 from lightning_modules.meet import MEET
-from tests.factories import hh_sample, tiny_kwargs, trainer
+from tests.factories import TINY_CLI, hh_sample, tiny_kwargs, trainer
 from train import main
 from zoo.control import BAD, GOOD
 from zoo.records import PreferencePair, PromptRecord
@@ -120,22 +120,17 @@ def test_soft_prompts_start_as_the_repeated_word_embedding():
     assert not torch.equal(module.soft_prompts.prompts[GOOD], module.soft_prompts.prompts[BAD])
 
 
-TINY_CLI = [
-    "--model.init_args.backbone.name_or_path", "builtin:tiny",
-    "--model.init_args.tokenize.max_length", "384",
-    "--model.init_args.tokenize.max_prompt_length", "256",
-    "--model.init_args.tokenize.length_policy", "truncate",
+MEET_CLI = [
+    *TINY_CLI,
     "--model.init_args.sampling.max_new_tokens", "8",
     "--data.init_args.max_samples", '{"train": 8, "validation": 4, "predict": 3}',
-    "--trainer.precision", "32-true",
-    "--trainer.enable_progress_bar", "false",
 ]
 
 
 @pytest.mark.parametrize("method,kind", [("meet", "prompt"), ("meet", "lora"), ("coh", "text")])
 def test_fit_then_predict_through_the_cli(tmp_cwd, method, kind):
     config = str(ROOT / "configs" / f"{method}.yaml")
-    args = [*TINY_CLI, "--model.init_args.control.kind", kind]
+    args = [*MEET_CLI, "--model.init_args.control.kind", kind]
     # 2 steps per epoch: step 3 runs after the switch to step 2 (meet.yaml: one epoch per step)
     main(["fit", "--config", config, *args, "--trainer.max_steps", "3", "--trainer.max_epochs", "2"])
     ckpt = tmp_cwd / "runs" / method / "checkpoints" / "last.ckpt"
