@@ -153,10 +153,11 @@ def run_steerzoo(precision: str, warmup: int, steps: int) -> dict[str, Any]:
 
     class Timer(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.tokens = sequence_tokens(dm.datasets["train"], batch["idx"])  # counted outside the timed span
             timer.begin()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            timer.end(sequence_tokens(dm.datasets["train"], batch["idx"]), float(outputs["loss"]))
+            timer.end(self.tokens, float(outputs["loss"]))
 
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=PRECISIONS[precision][0], max_steps=warmup + steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,

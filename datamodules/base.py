@@ -19,7 +19,7 @@ import inspect
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -231,6 +231,21 @@ class RecordDataModule(L.LightningDataModule):
             self._report(split, "skipped", errors)
             recs = recs.filter(lambda e: not e, input_columns="_error", num_proc=self.num_proc)
         return recs.remove_columns(["_error"])
+
+    def drop_repeats(self, split: str, recs: datasets.Dataset, keys: Sequence[str] = ("prompt",)) -> datasets.Dataset:
+        """``recs`` without the records that repeat an earlier one on ``keys`` (the first is kept); the number
+        removed goes to the split's ``deduplicated`` report."""
+        seen: set[str] = set()
+        keep = []
+        for i, key in enumerate(map(repr, zip(*(recs[k] for k in keys)))):
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        if len(keep) < len(recs):
+            self._report(split, "deduplicated",
+                         [f"{len(recs) - len(keep)} records repeating an earlier one's {', '.join(keys)} removed"])
+            recs = recs.select(keep)
+        return recs
 
     def _report(self, split: str, what: str, lines: list[str]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

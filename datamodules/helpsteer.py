@@ -158,11 +158,4 @@ class HelpSteerDataModule(HubOrFilesDataModule):
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
         recs = super().records(split, kind)
-        if not (self.dedup and kind == "prompt"):
-            return recs
-        seen: set[str] = set()
-        keep = [i for i, k in enumerate(map(repr, recs["prompt"])) if not (k in seen or seen.add(k))]
-        if len(keep) < len(recs):
-            self._report(split, "deduplicated", [f"{len(recs) - len(keep)} repeated prompts removed"])
-            recs = recs.select(keep)
-        return recs
+        return self.drop_repeats(split, recs) if self.dedup and kind == "prompt" else recs

@@ -186,15 +186,6 @@ class HHRLHFDataModule(RecordDataModule):
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
         recs = super().records(split, kind)
-        if self.dedup:
-            keys = ["prompt", "chosen", "rejected"] if kind == "preference" else ["prompt"]
-            seen, keep = set(), []
-            for i, row in enumerate(recs.select_columns(keys)):
-                key = repr([row[k] for k in keys])
-                if key not in seen:
-                    seen.add(key)
-                    keep.append(i)
-            if len(keep) < len(recs):
-                self._report(split, "deduplicated", [f"{len(recs) - len(keep)} repeated {kind} records removed"])
-                recs = recs.select(keep)
-        return recs
+        if not self.dedup:
+            return recs
+        return self.drop_repeats(split, recs, ("prompt", "chosen", "rejected") if kind == "preference" else ("prompt",))

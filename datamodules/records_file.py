@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
@@ -62,11 +63,7 @@ class RecordsFileDataModule(HubOrFilesDataModule):
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
         recs = super().records(split, kind)
-        if kind == "prompt" and self.dedup_prompts and self.kind != "prompt":
-            seen: set[str] = set()
-            keep = [i for i, p in enumerate(recs["prompt"]) if not (json.dumps(p) in seen or seen.add(json.dumps(p)))]
-            recs = recs.select(keep)
-        return recs
+        return self.drop_repeats(split, recs) if kind == "prompt" and self.dedup_prompts else recs
 
     @staticmethod
     def to_records(row: dict[str, Any], kind: str, file_kind: str = "scored") -> list[Record]:
@@ -94,8 +91,6 @@ class RecordsFileDataModule(HubOrFilesDataModule):
 
 def write_records(path: str, records: list[Record]) -> None:
     """Write ``records`` as JSONL in the form ``RecordsFileDataModule`` reads (atomically: a tmp file renamed)."""
-    from pathlib import Path
-
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")

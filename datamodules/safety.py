@@ -113,14 +113,6 @@ class _LocalOrHub(HubOrFilesDataModule):
     def hub_name(self, hub_split: str) -> str:
         return f"{self.hub_id}/{hub_split}"
 
-    def _dedup_prompts(self, split: str, recs: datasets.Dataset) -> datasets.Dataset:
-        seen: set[str] = set()
-        keep = [i for i, k in enumerate(map(repr, recs["prompt"])) if not (k in seen or seen.add(k))]
-        if len(keep) < len(recs):
-            self._report(split, "deduplicated", [f"{len(recs) - len(keep)} repeated prompts removed"])
-            recs = recs.select(keep)
-        return recs
-
 
 class BeaverTailsDataModule(_LocalOrHub):
     """BeaverTails QA pairs: ``scored`` (is_safe + 14 harm categories, 0/1) and ``prompt`` records.
@@ -189,7 +181,7 @@ class BeaverTailsDataModule(_LocalOrHub):
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
         recs = super().records(split, kind)
-        return self._dedup_prompts(split, recs) if kind == "prompt" else recs
+        return self.drop_repeats(split, recs) if kind == "prompt" else recs
 
 
 class PKUSafeRLHFDataModule(_LocalOrHub):
@@ -291,7 +283,7 @@ class PKUSafeRLHFDataModule(_LocalOrHub):
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
         recs = super().records(split, kind)
-        return self._dedup_prompts(split, recs) if kind == "prompt" else recs
+        return self.drop_repeats(split, recs) if kind == "prompt" else recs
 
 
 def _safer_first_records(

@@ -253,13 +253,7 @@ class TLDRDataModule(HubOrFilesDataModule):
         recs = super().records(split, kind)
         if not self.dedup or kind not in ("prompt", "demonstration"):
             return recs
-        keys = recs["prompt"] if kind == "prompt" else list(zip(recs["prompt"], recs["response"]))
-        seen: set[str] = set()
-        keep = [i for i, k in enumerate(map(repr, keys)) if not (k in seen or seen.add(k))]
-        if len(keep) < len(recs):
-            self._report(split, "deduplicated", [f"{len(recs) - len(keep)} repeated {kind} records removed"])
-            recs = recs.select(keep)
-        return recs
+        return self.drop_repeats(split, recs, ("prompt",) if kind == "prompt" else ("prompt", "response"))
 
 
 def _axis_records(summary: Any, prompt: str, source_id: str | None, kind: str) -> list[Record]:

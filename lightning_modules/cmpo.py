@@ -128,10 +128,11 @@ class CMPO(DPO):
         if head.weight is not embed.weight:
             head.requires_grad_(False)
 
-    def policy_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """log π_{θ;A}(y | x, Λ) under each example's mixed heads (Eq. 3.1), for the pair's two rows."""
+    def policy_logps(self, batch: dict[str, torch.Tensor], hidden_parts: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π_{θ;A}(y | x, Λ) under each example's mixed heads (Eq. 3.1), for the pair's two rows
+        (``hidden_parts``: ``batch_completion_hidden``'s output, if the trunk already ran on this batch)."""
         lam = batch["weights"].float()
-        hidden, targets, rows, n = batch_completion_hidden(self.model, batch)
+        hidden, targets, rows, n = hidden_parts or batch_completion_hidden(self.model, batch)
         return sum_by_row(hidden, targets, rows, n, self.heads, self.logprob_chunk_size, (torch.cat([lam, lam]),))
 
     def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
@@ -144,15 +145,16 @@ class CMPO(DPO):
                 self.log(f"{stage}/reward_margin/{name}", (r_c[m] - r_r[m]).mean(), batch_size=int(m.sum()))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = super().validation_step(batch, batch_idx)
-        self.log_preference_accuracy(batch, "val")
+        parts = batch_completion_hidden(self.model, batch)  # one trunk forward: the loss and every head's accuracy
+        loss = self.dpo_step(batch, "validation", policy=self.policy_logps(batch, parts))
+        self.log_preference_accuracy(batch, "val", parts)
         return loss
 
     @torch.no_grad()
-    def log_preference_accuracy(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def log_preference_accuracy(self, batch: dict[str, torch.Tensor], stage: str, hidden_parts: tuple | None = None) -> None:
         """Eq. 5.1 per attribute a: 1[π_θ(y_c|x, e_a) > π_θ(y_r|x, e_a)] with the one-hot Λ = e_a, over
         pairs conditioned on a. One trunk forward serves all k heads."""
-        hidden, targets, rows, n = batch_completion_hidden(self.model, batch)
+        hidden, targets, rows, n = hidden_parts or batch_completion_hidden(self.model, batch)
         b = batch["weights"].shape[0]
         for j, name in enumerate(self.attributes):
             m = batch["weights"][:, j] > 0

@@ -202,8 +202,11 @@ class DPO(CausalLMModule):
     def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
         """Extra per-batch metrics (CMPO logs them per attribute)."""
 
-    def dpo_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        logps, counts = self.policy_logps(batch)
+    def dpo_step(
+        self, batch: dict[str, torch.Tensor], split: str, policy: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The loss and its metrics; ``policy`` = (log-probs, lengths) when the caller already computed them."""
+        logps, counts = policy if policy is not None else self.policy_logps(batch)
         b = batch["idx"].shape[0]
         if self.reference == "cached":
             ref = self.ref_logps[split][batch["idx"].cpu()].to(logps.device)

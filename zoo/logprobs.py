@@ -135,8 +135,8 @@ def sequence_logprobs(
     ``head`` overrides the model's LM head (CMPO's mixed heads); ``row_args`` are per-sequence tensors
     [N, ...] that reach ``head`` beside each position's hidden state. Default: the model's own head.
     """
-    hidden, targets, rows = completion_hidden(model, input_ids, attention_mask, labels)
-    return sum_by_row(hidden, targets, rows, labels.shape[0], head or trunk_and_head(model)[1], chunk_size, row_args)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return batch_sequence_logprobs(model, batch, chunk_size, head, row_args)
 
 
 def sum_by_row(

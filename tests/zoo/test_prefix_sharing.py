@@ -69,8 +69,9 @@ def test_packed_rows_are_not_a_no_op():
     model = tiny_model(seed=0).eval()
     examples = _examples()
     packed = PadCollator(pad_token_id=0, share_prompt=True)(examples)
-    leaky = dict(packed, attention_mask=torch.ones_like(packed["attention_mask"]).tril(), position_ids=None)
-    leaky["position_ids"] = torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"])
+    width = packed["input_ids"].shape[1]
+    leaky = dict(packed, attention_mask=torch.ones_like(packed["attention_mask"]).tril(),
+                 position_ids=torch.arange(width).expand_as(packed["input_ids"]))
     with torch.no_grad():
         good, _ = batch_sequence_logprobs(model, packed)
         bad, _ = batch_sequence_logprobs(model, leaky)
