@@ -79,7 +79,7 @@ def batches(module: Any, n: int) -> tuple[list[dict[str, Any]], Any]:
 
     dm = HHRLHFDataModule(data_files="sample", validation_fraction=0.05, on_error="skip", batch_size=BATCH,
                           max_samples={"train": n * BATCH, "validation": BATCH}, log_dir=str(WORK / "data_reports"))
-    dm.attach(module)
+    dm.attach(module.example_builder())
     dm.setup("fit")
     loader = dm._loader("train", BATCH, shuffle=False)
     return list(loader)[:n], dm.datasets["train"]

@@ -41,7 +41,7 @@ def main() -> None:
                 for f in Path(cache).glob("**/cache-*.arrow"):
                     f.unlink()  # forget earlier conversions and tokenizations
             dm = HHRLHFDataModule(data_files="sample", on_error="skip", num_proc=num_proc, log_dir=f"{cache}/reports")
-            dm.attach(module)
+            dm.attach(module.example_builder())
             t = time.perf_counter()
             ds = dm.build_split("train")
             rows[(num_proc or 1, state)] = (len(ds), time.perf_counter() - t)

@@ -120,7 +120,7 @@ def build_data(n_rows: int) -> tuple[Any, Any, list[int]]:
                  ref_cache_dir=None)  # no disk cache: the reference pass is timed every run
     dm = HHRLHFDataModule(data_files="sample", validation_fraction=0.05, on_error="skip", batch_size=BATCH,
                           max_samples={"train": n_rows, "validation": BATCH}, log_dir=str(WORK / "data_reports"))
-    dm.attach(module)
+    dm.attach(module.example_builder())
     dm.setup("fit")
     order = list(ResumableSampler(len(dm.datasets["train"]), shuffle=True, seed=dm.seed))
     return module, dm, order

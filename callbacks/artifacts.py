@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +13,69 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
-    """Writes every prediction row (a dict) of ``predict`` to ``output_path``, one JSON object per line.
+    """Writes every prediction row (a dict) of ``predict`` to a JSON Lines file, one object per line, and a
+    ``<name>.meta.json`` beside it naming the checkpoint, the model, its steering and sampling settings.
 
-    Rows are written in dataset order after the epoch; each process writes its own file when sharded.
+    Nothing is overwritten: by default each run writes a new ``<default_root_dir>/predictions/predict-<time>.jsonl``;
+    a named ``output_path`` that exists is refused unless ``overwrite`` (CLI ``--overwrite``). Rows are written
+    in dataset order after the epoch; each process writes its own file when sharded.
     """
 
-    def __init__(self, output_path: str = "outputs/predictions.jsonl"):
+    def __init__(self, output_path: str | None = None, overwrite: bool = False):
         super().__init__(write_interval="epoch")
-        self.output_path = Path(output_path)
+        self.output_path = Path(output_path) if output_path is not None else None
+        self.overwrite = overwrite
+        self.written: Path | None = None
+
+    def resolve_path(self, trainer: L.Trainer) -> Path:
+        if self.output_path is not None:
+            path = self.output_path
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = Path(trainer.default_root_dir) / "predictions" / f"predict-{stamp}.jsonl"
+            k = 1
+            while path.exists():  # two runs in the same second
+                k += 1
+                path = path.with_name(f"predict-{stamp}-{k}.jsonl")
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        if path.exists() and not self.overwrite:
+            raise FileExistsError(f"{path} exists: predict never replaces an earlier run's predictions; choose "
+                                  "another output_path or pass --overwrite")
+        return path
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self.written = self.resolve_path(trainer)  # refuse before generating anything
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any,
                            batch_indices: Any) -> None:
-        path = self.output_path
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path = self.written or self.resolve_path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = [row for batch in predictions for row in batch]
         rows.sort(key=lambda r: (r.get("idx", 0), r.get("sample", 0)))
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        hp = dict(getattr(pl_module, "hparams", {}))
+        meta = {
+            "predictions": path.name,
+            "rows": len(rows),
+            "ckpt_path": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "model": hp.get("_class_path", type(pl_module).__name__),
+            "backbone": hp.get("backbone", {}).get("name_or_path"),
+            "steer": rows[0].get("steer") if rows else None,
+            "sampling": hp.get("sampling"),
+            "command": sys.argv,
+            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        atomic_write(path.with_name(path.stem + ".meta.json"), json.dumps(meta, indent=2, default=str) + "\n")
         print(f"wrote {len(rows)} predictions to {path}")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 class SavePretrained(L.Callback):

@@ -43,8 +43,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` for ``last.ckpt`` that also saves when ``fit`` ends.
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``dirpath`` defaults to ``<trainer.default_root_dir>/checkpoints``: a fixed
+    place per run (``--ckpt_path last`` finds it in a new process) that follows ``default_root_dir``.
+
+    Configs write ``best`` with ``save_weights_only: true`` (weights and steerzoo's state, no optimizer: what
+    ``validate`` / ``test`` / ``predict`` need) and ``last`` with everything a resume needs."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
+
+class LastCheckpoint(RunCheckpoint):
+    """``RunCheckpoint`` for ``last.ckpt`` that also saves when ``fit`` ends.
 
     Lightning's own callback refreshes ``last.ckpt`` only on its schedule (every N steps or epochs), so a
     run of 24 steps saved every 10 would leave step 20 behind: ``predict --ckpt_path last.ckpt`` would use

@@ -3,8 +3,9 @@
 A dataset file subclasses ``RecordDataModule`` and writes two things: ``load_split`` (the real
 ``datasets.load_dataset`` call, hub or local files) and ``to_records`` (one raw row -> records); a source
 of local files or else hub splits subclasses ``HubOrFilesDataModule``, which handles the splits. It knows
-nothing about methods. The method (the LightningModule) says which record kind it consumes and how a
-record becomes an example (``record_kind``, ``example_fn``); it knows nothing about datasets.
+nothing about methods: the method hands it a ``zoo.examples.ExampleBuilder`` (record kind, record ->
+examples, tokenizer) through ``attach``, and it knows nothing about datasets. Methods that need the
+data (cached reference log-probs) use the public ``loader`` and ``fingerprint``.
 
 Every step runs through ``datasets.map`` (batched, ``num_proc`` configurable) and is cached by the
 datasets fingerprint. A bad row stops the run with its file, row and field (``on_error: raise``) or is
@@ -14,8 +15,6 @@ skipped and written to a log with its reason (``on_error: skip``); length drops 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
 import json
 import logging
 from collections import Counter
@@ -27,8 +26,11 @@ import datasets
 import lightning as L
 
 import zoo.records as records_module
+from torch.utils.data import DataLoader
+
 from datamodules.loader import ResumableDataLoader, ResumableSampler
-from zoo.collate import PadCollator, TokenizeSettings, tokenize_examples
+from zoo.collate import tokenize_examples
+from zoo.examples import ExampleBuilder, code_digest
 from zoo.records import RECORD_TYPES, Record, RecordError
 
 log = logging.getLogger("steerzoo.data")
@@ -71,15 +73,6 @@ def convert_rows(
             out["_error"].append(error)
             out["_row"].append(row_index)
     return out
-
-
-def code_digest(*objs: Any) -> str:
-    """Digest of the source files defining ``objs``: part of every cached map's fingerprint, so editing a
-    converter or a helper it calls invalidates the datasets cache (datasets hashes the function alone)."""
-    h = hashlib.sha1()
-    for obj in objs:
-        h.update(Path(inspect.getfile(obj)).read_bytes())
-    return h.hexdigest()[:12]
 
 
 def make_examples(
@@ -135,7 +128,8 @@ class RecordDataModule(L.LightningDataModule):
         on_error: ``raise`` (default) stops at the first bad row; ``skip`` skips it and logs the reason.
         num_proc: processes for ``datasets.map``.
         num_workers: DataLoader workers.
-        log_dir: where skip and drop reports are written.
+        log_dir: where skip and drop reports are written (default: ``<trainer.default_root_dir>/data_reports``,
+            so every output of a run follows its directory).
     """
 
     record_kinds: ClassVar[tuple[str, ...]] = ()
@@ -150,17 +144,18 @@ class RecordDataModule(L.LightningDataModule):
         on_error: OnError = "raise",
         num_proc: int | None = None,
         num_workers: int = 0,
-        log_dir: str = "outputs/data_reports",
+        log_dir: str | None = None,
     ):
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.max_samples, self.validation_fraction, self.seed = max_samples, validation_fraction, seed
-        self.on_error, self.num_proc, self.num_workers, self.log_dir = on_error, num_proc, num_workers, Path(log_dir)
+        self.on_error, self.num_proc, self.num_workers, self._log_dir = on_error, num_proc, num_workers, log_dir
         self.datasets: dict[str, datasets.Dataset] = {}
         self.reports: dict[str, dict[str, int]] = {}
-        self.method: Any = None  # the LightningModule (or any object with the method interface)
+        self.builder: ExampleBuilder | None = None  # the method's side of the contract (``attach``)
+        self._resume: dict[str, int] | None = None  # a checkpoint's data position (``load_state_dict``)
 
     # ---- what a dataset file implements -------------------------------------------------------------
     def load_split(self, split: str) -> datasets.Dataset:
@@ -184,17 +179,28 @@ class RecordDataModule(L.LightningDataModule):
         return {}
 
     # ---- the pipeline ---------------------------------------------------------------------------------
-    def attach(self, method: Any) -> RecordDataModule:
-        """Use ``method`` (record_kind, example_fn, tokenizer, tokenize_settings) without a Trainer."""
-        self.method = method
+    def attach(self, builder: ExampleBuilder) -> RecordDataModule:
+        """Take the method's ``ExampleBuilder`` (``module.example_builder()``); ``train.py`` calls this."""
+        if not isinstance(builder, ExampleBuilder):
+            raise TypeError(f"attach() takes a zoo.examples.ExampleBuilder (module.example_builder()), "
+                            f"got {type(builder).__name__}")
+        if self.builder is not None and self.builder != builder:
+            self.datasets = {}  # examples built for another method
+        self.builder = builder
         return self
 
-    def _method(self) -> Any:
-        if self.method is None:
-            if self.trainer is None:
-                raise RuntimeError("call datamodule.attach(module) or use it through a Trainer")
-            self.method = self.trainer.lightning_module
-        return self.method
+    def _builder(self) -> ExampleBuilder:
+        if self.builder is None:
+            raise RuntimeError(f"{type(self).__name__} has no method attached: call "
+                               "datamodule.attach(module.example_builder()) before use (train.py does this)")
+        return self.builder
+
+    @property
+    def log_dir(self) -> Path:
+        if self._log_dir is not None:
+            return Path(self._log_dir)
+        root = self.trainer.default_root_dir if self.trainer is not None else "outputs"
+        return Path(root) / "data_reports"
 
     def records(self, split: str, kind: str) -> datasets.Dataset:
         """Canonical records of ``kind`` for ``split``, validated; bad rows raise or are skipped and logged."""
@@ -254,25 +260,33 @@ class RecordDataModule(L.LightningDataModule):
         msg = f"{type(self).__name__} {split}: {what} {len(lines)} rows (reasons in {path})"
         print(msg)
 
-
     def _cap(self, split: str, ds: datasets.Dataset) -> datasets.Dataset:
         cap = self.max_samples.get(split) if isinstance(self.max_samples, dict) else self.max_samples
         return ds.select(range(min(cap, len(ds)))) if cap is not None else ds
 
     def build_split(self, split: str) -> datasets.Dataset:
-        method = self._method()
-        kind = "prompt" if split == "predict" else method.record_kind
+        """Records of ``split`` -> the attached method's examples -> token ids, with an ``idx`` column."""
+        b = self._builder()
+        kind = b.kind_for(split)
         recs = self._cap(split, self.records(split, kind))
-        if split != "predict" and getattr(method, "group_by_prompt", False):  # e.g. CMPO pairs up all responses of a prompt
-            examples = group_examples(recs, method.example_fn, kind, **method.example_kwargs(split))
+        if b.grouped(split):
+            examples = group_examples(recs, b.example_fn, kind, **b.kwargs_for(split))
         else:
-            examples = self._map_examples(recs, method, kind, split)
-        settings: TokenizeSettings = method.tokenize_settings
+            examples = recs.map(
+                make_examples,
+                batched=True,
+                remove_columns=recs.column_names,
+                num_proc=self.num_proc,
+                fn_kwargs=dict(example_fn=b.fn_for(split), kind=kind, code=b.code + code_digest(records_module),
+                               **b.kwargs_for(split)),
+                desc=f"{b.method}: {kind} records -> examples",
+            )
+        settings = b.tokenize
         tokenized = examples.map(
             tokenize_examples,
             batched=True,
             num_proc=self.num_proc,
-            fn_kwargs=dict(tokenizer=method.tokenizer, settings=settings, code=code_digest(tokenize_examples)),
+            fn_kwargs=dict(tokenizer=b.tokenizer, settings=settings, code=code_digest(tokenize_examples)),
             desc="tokenize",
         )
         counts = Counter(tokenized["length_status"])
@@ -288,21 +302,6 @@ class RecordDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__} {split}: no examples left (see the counts above)")
         return tokenized.add_column("idx", list(range(len(tokenized))))
 
-    def _map_examples(self, recs: datasets.Dataset, method: Any, kind: str, split: str) -> datasets.Dataset:
-        return recs.map(
-            make_examples,
-            batched=True,
-            remove_columns=recs.column_names,
-            num_proc=self.num_proc,
-            fn_kwargs=dict(
-                example_fn=method.prompt_example_fn if split == "predict" else method.example_fn,
-                kind=kind,
-                code=code_digest(type(method), records_module),
-                **method.example_kwargs(split),
-            ),
-            desc=f"{type(method).__name__}: {kind} records -> examples",
-        )
-
     def prepare_data(self) -> None:
         """Download/convert once per node (datasets caches the result for setup)."""
 
@@ -316,36 +315,85 @@ class RecordDataModule(L.LightningDataModule):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / "counts.json").write_text(json.dumps(self.reports, indent=2))
 
-    # ---- loaders ----------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> ResumableDataLoader:
+    # ---- what methods may ask -------------------------------------------------------------------------
+    def fingerprint(self, split: str) -> str:
+        """Identity of ``split``'s examples (the datasets cache fingerprint): a key for per-example caches."""
+        if split not in self.datasets:
+            self.datasets[split] = self.build_split(split)
+        return self.datasets[split]._fingerprint
+
+    def num_examples(self, split: str) -> int:
+        if split not in self.datasets:
+            self.datasets[split] = self.build_split(split)
+        return len(self.datasets[split])
+
+    def loader(self, split: str, batch_size: int | None = None, shuffle: bool = False,
+               all_examples: bool = False) -> DataLoader:
+        """Batches of ``split`` in the seeded order; this rank's shard, or every example (``all_examples``,
+        for per-example caches every rank needs whole)."""
+        if split not in self.datasets:
+            self.datasets[split] = self.build_split(split)
         ds = self.datasets[split]
-        method = self._method()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        if all_examples:
+            rank, world = 0, 1
         sampler = ResumableSampler(len(ds), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
-        progress = None
-        if self.trainer is not None and split == "train":
-            # batches whose training step ran (a checkpoint taken in on_train_batch_end counts its batch)
-            progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
-        return ResumableDataLoader(
+        loader = ResumableDataLoader(
             ds.with_format(None, columns=[c for c in ds.column_names if c not in ("prompt", "completions")]),
             sampler=sampler,
-            batch_size=batch_size,
-            progress=progress,
-            collate_fn=PadCollator(method.tokenizer.pad_token_id, **method.collate_options()),
+            batch_size=batch_size or self.eval_batch_size,
+            collate_fn=self._builder().collator(),
             num_workers=self.num_workers,
         )
+        return loader
 
-    def train_dataloader(self):
-        return self._loader("train", self.batch_size, shuffle=True)
+    # ---- resuming the data order ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the train order stands (saved in every checkpoint): the epoch, the batches of it already
+        trained on (a checkpoint taken in ``on_train_batch_end`` counts its batch), and what the order depends
+        on. Read from the trainer, not from a loader: loaders may be rebuilt at any time."""
+        t = self.trainer
+        if t is None or not t.training or "train" not in self.datasets:
+            return {}
+        done = t.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_order": {"epoch": t.current_epoch, "batches_done": done, **self._order_facts()}}
 
-    def val_dataloader(self):
-        return self._loader("validation", self.eval_batch_size, shuffle=False)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = state.get("train_order")
 
-    def test_dataloader(self):
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+    def _order_facts(self) -> dict[str, int]:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return {"seed": self.seed, "num_examples": len(self.datasets["train"]), "world_size": world,
+                "batch_size": self.batch_size}
 
-    def predict_dataloader(self):
-        return self._loader("predict", self.eval_batch_size, shuffle=False)
+    def _apply_resume(self, sampler: ResumableSampler) -> None:
+        state = self._resume
+        if state is None:
+            return
+        for key, value in self._order_facts().items():
+            if state.get(key) != value:
+                raise ValueError(
+                    f"cannot resume the data order: the checkpoint's train data had {key}={state.get(key)}, "
+                    f"this run has {value} (the same data, seed, batch size and world size are needed)"
+                )
+        # every train loader built from now on gets it (Lightning's own, also when a scheduler built one
+        # earlier to count batches); a sampler skips only in the saved epoch, so later epochs are untouched
+        sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)
+
+    # ---- Lightning's loaders --------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        loader = self.loader("train", self.batch_size, shuffle=True)
+        self._apply_resume(loader.sampler)
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader("predict")
 
     def split_off_validation(self, train: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
         """(train, validation) from one split, seeded; for sources without a validation split."""

@@ -1,19 +1,23 @@
-"""A DataLoader that resumes mid-epoch exactly where a run stopped.
+"""A data order that resumes mid-epoch exactly where a run stopped.
 
 The order of epoch e is a permutation seeded by (seed, e), the same in every run; each rank takes a
 strided shard of it (we shard ourselves, so the CLI sets ``use_distributed_sampler: false``).
-Lightning saves the loader's ``state_dict`` in each checkpoint and hands it back on resume; how many
-batches of the epoch were already trained on comes from Lightning's own progress counter (its
-prefetcher reads one batch ahead, so counting what the sampler yielded would be off by one), and the
-first resumed epoch skips exactly those.
+
+Where a run stopped is part of the *DataModule's* checkpoint state (``RecordDataModule.state_dict``:
+epoch, batches already trained on, and what the order depends on), not of the loader's. Lightning restores
+a DataModule's state whenever it restores a checkpoint, however early the train loader was built (a
+scheduler that asks ``trainer.estimated_stepping_batches`` builds it before the restore, and Lightning then
+never hands a *loader* its saved state: a resumed run silently replayed the epoch from its first batch).
+The DataModule hands the position to the sampler (``resume``), which applies it to the first iteration of
+that epoch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class ResumableSampler(Sampler[int]):
@@ -23,54 +27,42 @@ class ResumableSampler(Sampler[int]):
         self.num_examples, self.shuffle, self.seed = num_examples, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.skip = 0  # examples to skip at the start of the next iteration (resume)
+        self._resume: tuple[int, int] | None = None  # (epoch, examples of this rank to skip) for the next iteration
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
         self.epoch = epoch
 
+    def resume(self, epoch: int, skip: int) -> None:
+        """The next iteration, if it is of ``epoch``, starts ``skip`` examples into this rank's order."""
+        self._resume = (epoch, skip)
+
     def __len__(self) -> int:
         return -(-self.num_examples // self.world_size)
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self, epoch: int) -> list[int]:
+        """This rank's example indices for ``epoch``, from the start."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(self.num_examples, generator=g).tolist()
         else:
             order = list(range(self.num_examples))
         total = len(self) * self.world_size
         order = (order * (total // max(len(order), 1) + 1))[:total]  # pad by wrapping, like DistributedSampler
-        skip, self.skip = self.skip, 0
-        yield from order[self.rank :: self.world_size][skip:]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        resume, self._resume = self._resume, None
+        skip = resume[1] if resume is not None and resume[0] == self.epoch else 0
+        yield from self.order(self.epoch)[skip:]
 
 
 class ResumableDataLoader(DataLoader):
-    """DataLoader over a ``ResumableSampler`` that Lightning recognises as stateful."""
+    """A DataLoader over a ``ResumableSampler``. Its position is restored through the DataModule's state (see
+    the module docstring); the empty ``state_dict`` / ``load_state_dict`` only tell Lightning that the loader
+    resumes mid-epoch (otherwise it warns that it does not)."""
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        sampler: ResumableSampler,
-        batch_size: int,
-        progress: Callable[[], int] | None = None,
-        **kwargs,
-    ):
-        super().__init__(dataset, sampler=sampler, batch_size=batch_size, **kwargs)
-        self._progress = progress  # -> batches of the current epoch already trained on
+    def state_dict(self) -> dict:
+        return {}
 
-    def state_dict(self) -> dict[str, int]:
-        s: ResumableSampler = self.sampler
-        return {"epoch": s.epoch, "seed": s.seed, "num_examples": s.num_examples, "world_size": s.world_size,
-                "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        s: ResumableSampler = self.sampler
-        mine = self.state_dict()
-        for key in ("seed", "num_examples", "world_size", "batch_size"):
-            if state.get(key) != mine[key]:
-                raise ValueError(
-                    f"cannot resume the data order: the checkpoint's train loader had {key}={state.get(key)}, "
-                    f"this run has {mine[key]} (the same data, seed, batch size and world size are needed)"
-                )
-        s.epoch = state["epoch"]
-        done = self._progress() if self._progress is not None else 0
-        s.skip = done * self.batch_size if done < len(self) else 0
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,10 +1,16 @@
-"""What every steerzoo LightningModule shares: the backbone, the data interface, the optimizer, predict.
+"""What every steerzoo LightningModule shares: the backbone, the data contract, steering, the optimizer, predict.
 
-The data interface (read by ``datamodules.base.RecordDataModule``):
+The data contract: ``example_builder()`` returns a ``zoo.examples.ExampleBuilder`` that the CLI hands to
+the DataModule (``datamodule.attach``). A subclass fills it through
 - ``record_kind``: which canonical record the method trains on (``preference``, ``demonstration``, ...);
 - ``example_fn(record, **example_kwargs(split))``: a pure function, record -> method examples
   ``{"prompt": messages, "completions": [...], **extras}``;
 - ``tokenizer`` and ``tokenize_settings``: how examples become ids (``zoo.collate``).
+
+Steering (``zoo.preference``): every module is a ``Steerable``. ``attributes`` names what ``steer`` accepts
+(empty: not steerable), ``preference(value)`` validates weights by attribute name, ``steer(preference)`` is
+a context inside which ``generate`` follows them, and ``predict`` uses the ``steer`` argument. A steerable
+method implements ``apply_preference``.
 
 Models are built in ``configure_model`` (Lightning calls it under the strategy's context, so sharded and
 meta-device initialisation work); the module holds only configs until then.
@@ -13,7 +19,9 @@ meta-device initialisation work); the module holds only configs until then.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,8 +32,12 @@ from transformers import get_scheduler
 
 from zoo.backbone import BackboneConfig, LoraSettings, PromptTuningSettings, load_backbone, load_tokenizer
 from zoo.collate import TokenizeSettings
+from zoo.examples import ExampleBuilder, code_digest, prompt_examples
+from zoo.preference import Preference
 from zoo.records import Record
-from zoo.sampling import SamplingSettings, sample
+from zoo.sampling import Samples, SamplingSettings, sample
+
+SteerValue = Preference | Mapping[str, float] | str | None
 
 
 @dataclasses.dataclass
@@ -85,6 +97,8 @@ class CausalLMModule(L.LightningModule):
     """Base class: a causal LM backbone and the shared plumbing. Subclasses write the loss."""
 
     record_kind: ClassVar[str] = "preference"
+    group_by_prompt: ClassVar[bool] = False
+    attributes: list[str] = []  # what ``steer`` accepts; a steerable method sets its own before super().__init__
 
     def __init__(
         self,
@@ -94,8 +108,11 @@ class CausalLMModule(L.LightningModule):
         sampling: SamplingSettings | None = None,
         sharding: ShardingSettings | None = None,
         logprob_chunk_size: int = 1024,
+        steer: dict[str, float] | str | None = None,
     ):
         super().__init__()
+        # checked before any weights load: an unknown attribute fails at start-up, naming the model's list
+        self.steer_preference: Preference | None = self.preference(steer)
         self.backbone_cfg: BackboneConfig = as_dataclass(BackboneConfig, backbone)
         self.tokenize_settings: TokenizeSettings = as_dataclass(TokenizeSettings, tokenize)
         self.optim: OptimSettings = as_dataclass(OptimSettings, optim)
@@ -112,6 +129,7 @@ class CausalLMModule(L.LightningModule):
                 "sampling": _plain(self.sampling),
                 "sharding": _plain(self.sharding),
                 "logprob_chunk_size": logprob_chunk_size,
+                "steer": self.steer_preference.as_dict() if self.steer_preference is not None else None,
                 **self.method_hparams(),
             }
         )
@@ -123,10 +141,7 @@ class CausalLMModule(L.LightningModule):
     def example_fn(record: Record, **kwargs: Any) -> Iterable[dict[str, Any]]:
         raise NotImplementedError
 
-    @staticmethod
-    def prompt_example_fn(record: Record, **kwargs: Any) -> Iterable[dict[str, Any]]:
-        """Prompt records -> prompt-only examples, for ``predict`` (methods with a control override it)."""
-        yield {"prompt": list(record.prompt), "completions": []}
+    prompt_example_fn = staticmethod(prompt_examples)  # predict's prompt-only examples (SteerLM overrides it)
 
     def example_kwargs(self, split: str) -> dict[str, Any]:
         return {}
@@ -138,6 +153,72 @@ class CausalLMModule(L.LightningModule):
     def collate_options(self) -> dict[str, Any]:
         """Keyword arguments for ``zoo.collate.PadCollator`` (DPO asks for prefix-shared rows)."""
         return {}
+
+    def example_builder(self) -> ExampleBuilder:
+        """This method's side of the data contract (``zoo.examples``), handed to ``datamodule.attach``."""
+        return ExampleBuilder(
+            method=type(self).__name__,
+            record_kind=self.record_kind,
+            example_fn=self.example_fn,
+            prompt_example_fn=self.prompt_example_fn,
+            tokenizer=self.tokenizer,
+            tokenize=self.tokenize_settings,
+            split_kwargs={s: self.example_kwargs(s) for s in ("train", "validation", "test", "predict")},
+            group_by_prompt=self.group_by_prompt,
+            collate=self.collate_options(),
+            code=code_digest(type(self)),
+        )
+
+    # ---- steering (zoo.preference) ----------------------------------------------------------------
+    def preference_rules(self) -> dict[str, Any]:
+        """How ``Preference.parse`` validates weights for this method (allow_negative, allow_zero, max_weight)."""
+        return {}
+
+    def preference(self, value: SteerValue) -> Preference | None:
+        """``value`` (weights by attribute name, JSON or a ``Preference``) validated against ``attributes``."""
+        if value is None:
+            return None
+        return Preference.parse(value, self.attributes, **self.preference_rules())
+
+    def default_preference(self) -> Preference | None:
+        """What ``predict`` and ``generate`` use when no ``steer`` is given (CMPO: uniform; MEET: good)."""
+        return None
+
+    @contextmanager
+    def steer(self, value: SteerValue = None) -> Iterator[Preference | None]:
+        """Inside this context, ``generate`` (and the method's log-probs) follow ``value`` (or the default)."""
+        pref = self.preference(value) if value is not None else self.default_preference()
+        if pref is None:
+            yield None
+            return
+        with self.apply_preference(pref):
+            yield pref
+
+    def apply_preference(self, preference: Preference):
+        """A context manager that puts ``preference`` into effect (steerable methods implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} is not steerable")
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], settings: SamplingSettings | None = None) -> Samples:
+        """Samples for tokenized prompts under the current steering (``zoo.sampling``)."""
+        return sample(self.model, self.tokenizer, None, settings or self.sampling, prompt_ids=prompt_ids)
+
+    def generate_steered(self, prompt_ids: Sequence[Sequence[int]], preferences: Sequence[SteerValue],
+                         settings: SamplingSettings | None = None) -> list[Samples]:
+        """One ``Samples`` per prompt, prompt i under ``preferences[i]``: prompts sharing a preference
+        generate together (a method that can mix preferences within a batch overrides this)."""
+        if len(prompt_ids) != len(preferences):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(preferences)} preferences")
+        prefs = [self.preference(p) if p is not None else None for p in preferences]
+        groups: dict[Preference | None, list[int]] = {}
+        for i, p in enumerate(prefs):
+            groups.setdefault(p, []).append(i)
+        out: list[Samples | None] = [None] * len(prompt_ids)
+        for pref, rows in groups.items():
+            with self.steer(pref):
+                samples = self.generate([prompt_ids[i] for i in rows], settings)
+            for j, i in enumerate(rows):
+                out[i] = prompt_samples(samples, j)
+        return out
 
     # ---- model ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -197,34 +278,61 @@ class CausalLMModule(L.LightningModule):
             raise ValueError(f"{type(self).__name__}: no trainable parameters (check backbone.lora / freezing)")
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.optim.lr, betas=self.optim.betas)
-        total = self.trainer.estimated_stepping_batches if self.trainer is not None else 1
         scheduler = get_scheduler(
             "constant_with_warmup" if self.optim.scheduler == "constant" else self.optim.scheduler,
             optimizer,
             num_warmup_steps=self.optim.warmup_steps,
-            num_training_steps=max(int(total), 1),
+            num_training_steps=self.schedule_steps(),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def schedule_steps(self, epochs: int | None = None) -> int:
+        """Optimizer steps the LR schedule spans: ``epochs`` (default: the trainer's max_epochs) of the train
+        loader, capped by max_steps.
+
+        Not ``trainer.estimated_stepping_batches``: with max_epochs set it builds Lightning's train loader
+        inside ``configure_optimizers``, before a checkpoint is restored. The data order's position now lives
+        in the DataModule's state (``datamodules.loader``), so that no longer loses it, but the datamodule's
+        own loader gives the batch count without touching Lightning's state at all.
+        """
+        t = self._trainer
+        if t is None:
+            return 1
+        epochs = t.max_epochs if epochs is None else epochs
+        dm = getattr(t, "datamodule", None)
+        if epochs is None or epochs < 0 or dm is None:
+            return max(t.max_steps, 1)  # no epoch bound or no datamodule: a schedule as long as the run
+        try:
+            batches = len(dm.train_dataloader())
+        except (TypeError, NotImplementedError):
+            return max(t.max_steps, 1)  # a loader without a length
+        limit = t.limit_train_batches
+        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+        steps = math.ceil(batches / t.accumulate_grad_batches) * max(epochs, 1)
+        return max(min(steps, t.max_steps) if t.max_steps > 0 else steps, 1)
+
     # ---- predict ----------------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        samples = sample(self.model, self.tokenizer, prompts=None, settings=self.sampling, prompt_ids=batch["prompt_ids"])
-        prompts = samples.prompts
+        with self.steer(self.steer_preference) as pref:
+            samples = self.generate(batch["prompt_ids"])
+            info = self.prediction_info()
+        if pref is not None:
+            info["steer"] = pref.as_dict()
         idx = batch["idx"].tolist()
         return [
             {
                 "idx": idx[k // samples.n],
                 "sample": k % samples.n,
-                "prompt": prompts[k // samples.n],
+                "prompt": samples.prompts[k // samples.n],
                 "completion": text,
                 "truncated": samples.truncated[k],
-                **self.prediction_info(),
+                **info,
             }
             for k, text in enumerate(samples.texts)
         ]
 
     def prediction_info(self) -> dict[str, Any]:
-        """Extra fields written beside each prediction (e.g. the control or steering weights used)."""
+        """Extra fields written beside each prediction, under the current steering (e.g. MEET's control)."""
         return {}
 
     # ---- artifacts and checkpoints ----------------------------------------------------------------
@@ -257,6 +365,15 @@ class CausalLMModule(L.LightningModule):
                 f"{where} is from another model: it holds {info['module']} on {info['backbone']!r}, this run is "
                 f"{type(self).__name__} on {self.backbone_cfg.name_or_path!r} (first differing weights: {diff})"
             )
+
+
+def prompt_samples(samples: Samples, i: int) -> Samples:
+    """Prompt ``i``'s samples alone, as a ``Samples`` of one prompt."""
+    rows = slice(i * samples.n, (i + 1) * samples.n)
+    fields = {f.name: getattr(samples, f.name) for f in dataclasses.fields(samples)}
+    picked = {k: (v[rows] if isinstance(v, list) and len(v) == len(samples.texts) else v) for k, v in fields.items()}
+    picked["prompts"] = [samples.prompts[i]]
+    return type(samples)(**picked)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -33,6 +33,7 @@ from lightning_modules.dpo import DPO
 from zoo.backbone import base_model, resolve_path
 from zoo.logprobs import batch_completion_hidden, sum_by_row
 from zoo.plural import HeadInit, PluralHead
+from zoo.preference import Preference
 from zoo.records import Record
 
 HEADS_FILE, META_FILE = "plural_heads.safetensors", "cmpo.json"
@@ -49,8 +50,8 @@ class CMPO(DPO):
         ratio_offset: δ of the rating-ratio rule (avoids division by zero).
         head_init: ``copy`` | ``lowrank``; head_rank: r of the low-rank heads.
         train_heads: train the k heads (else only the trunk's LoRA/full weights train).
-        steer: inference weights by attribute name, e.g. ``{"helpfulness": 0.7, "verbosity": 0.3}``
-            (missing attributes get 0); default: uniform.
+        steer: inference weights by attribute name (``zoo.preference``), e.g. ``{"helpfulness": 0.7,
+            "verbosity": 0.3}`` (missing attributes get 0); default: uniform. Predict mixes the heads with it.
         allow_negative_weights: accept negative steering weights (proxy-tuning-like offsets).
         beta, label_smoothing: cDPO's β and ε (thesis: 0.5 and 0.1). Other arguments: see ``DPO``.
     """
@@ -66,7 +67,6 @@ class CMPO(DPO):
         head_init: HeadInit = "copy",
         head_rank: int = 8,
         train_heads: bool = True,
-        steer: dict[str, float] | None = None,
         allow_negative_weights: bool = False,
         beta: float = 0.5,
         label_smoothing: float = 0.1,
@@ -80,15 +80,13 @@ class CMPO(DPO):
         self.ratio_offset, self.head_init, self.head_rank = ratio_offset, head_init, head_rank
         self.train_heads, self.allow_negative_weights = train_heads, allow_negative_weights
         self.record_kind = data_kind
-        self.steer_weights = self.steering_vector(steer)  # validated now: a bad --model.steer fails at start-up
-        self.steer = steer
         super().__init__(beta=beta, label_smoothing=label_smoothing, **kwargs)
         self.heads: PluralHead | None = None
 
     def method_hparams(self) -> dict[str, Any]:
         return {**super().method_hparams(), "attributes": self.attributes, "data_kind": self.data_kind,
                 "weighting": self.weighting, "ratio_offset": self.ratio_offset, "head_init": self.head_init,
-                "head_rank": self.head_rank, "train_heads": self.train_heads, "steer": self.steer,
+                "head_rank": self.head_rank, "train_heads": self.train_heads,
                 "allow_negative_weights": self.allow_negative_weights}
 
     # ---- data: conditioned pairs ------------------------------------------------------------------
@@ -166,35 +164,16 @@ class CMPO(DPO):
             acc = (logps[:b][m] > logps[b:][m]).float().mean()
             self.log(f"{stage}/preference_accuracy/{name}", acc, batch_size=int(m.sum()), sync_dist=True)
 
-    # ---- steering at inference --------------------------------------------------------------------
-    def steering_vector(self, steer: dict[str, float] | None) -> torch.Tensor:
-        """Λ from weights by attribute name; unknown names, negative (unless allowed) or all-zero weights
-        are refused with a clear message. Default: uniform."""
-        if steer is None:
-            return torch.full((len(self.attributes),), 1.0 / len(self.attributes))
-        if not isinstance(steer, dict):
-            raise ValueError(f"model.steer must map attribute names to weights, got {steer!r}")
-        unknown = sorted(set(steer) - set(self.attributes))
-        if unknown:
-            raise ValueError(f"model.steer: unknown attributes {unknown}; this model steers {self.attributes}")
-        lam = torch.tensor([float(steer.get(a, 0.0)) for a in self.attributes])
-        if (lam < 0).any() and not self.allow_negative_weights:
-            raise ValueError(f"model.steer: negative weights {steer} need model.allow_negative_weights: true")
-        if not lam.abs().sum() > 0:
-            raise ValueError(f"model.steer: all weights are zero ({steer}); give at least one attribute a weight")
-        return lam
+    # ---- steering at inference (zoo.preference) --------------------------------------------------
+    def preference_rules(self) -> dict[str, Any]:
+        return {"allow_negative": self.allow_negative_weights}
 
-    def steered(self, steer: dict[str, float] | None = None) -> FusedHead:
-        """Context manager: inside it the model's LM head is the fused Σ λ_j W_j (generation, predict)."""
-        lam = self.steer_weights if steer is None else self.steering_vector(steer)
-        return FusedHead(self, lam)
+    def default_preference(self) -> Preference:
+        return Preference.uniform(self.attributes)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        with self.steered():
-            return super().predict_step(batch, batch_idx)
-
-    def prediction_info(self) -> dict[str, Any]:
-        return {"steer": dict(zip(self.attributes, self.steer_weights.tolist()))}
+    def apply_preference(self, preference: Preference) -> FusedHead:
+        """Inside the context the model's LM head is the fused Σ λ_j W_j (generation, predict)."""
+        return FusedHead(self, preference.vector())
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Trunk (HF directory or PEFT adapter) + ``plural_heads.safetensors`` + ``cmpo.json`` (attributes)."""

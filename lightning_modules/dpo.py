@@ -3,13 +3,16 @@
 Loss: ``zoo.losses.dpo_loss``. One concatenated forward computes chosen and rejected log-probs
 (completion tokens only, ``zoo.logprobs``).
 
-The reference π_ref (``reference``):
-- ``cached`` (default): reference log-probs are computed once, before the first step, with the
-  initial policy (or ``reference_model`` if given), and kept in memory, on disk (keyed by the dataset
-  fingerprint and the reference) and in every checkpoint, so a resumed run never recomputes them with
-  trained weights. No second model is held in memory and no reference forward runs per step.
+The reference π_ref (``reference``) is always the *initial* weights (or ``reference_model``), never a
+policy that has trained:
+- ``cached`` (default): reference log-probs of every example of a split are computed once
+  (``zoo.reference.ReferenceCache``) and kept in memory, on disk (keyed by the data's fingerprint and the
+  reference) and in every checkpoint. No second model is held in memory and no reference forward runs per
+  step. A split first needed after training started (``validate`` / ``test`` on a trained checkpoint, a new
+  validation set after a resume) is computed with the adapter-disabled base under LoRA, or else with the
+  initial weights reloaded from ``backbone.name_or_path`` (printed when it happens).
 - ``live``: a reference forward each step: the adapter-disabled base when the backbone has LoRA,
-  otherwise a frozen copy (or ``reference_model``).
+  otherwise a frozen copy of the initial weights (or ``reference_model``).
 
 Prefix sharing (``share_prompt``, default on): the collator packs ``prompt | chosen | rejected`` into one
 row with a 4-D attention mask (``zoo.collate.packed_rows``), so the prompt goes through the trunk once per
@@ -24,19 +27,18 @@ log-probs, so reward metrics are comparable across loss types.
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule
 from zoo.backbone import BackboneConfig, load_backbone, uses_peft
 from zoo.logprobs import batch_sequence_logprobs
 from zoo.losses import DPOLossType, dpo_loss
 from zoo.records import PreferencePair
+from zoo.reference import ReferenceCache, cache_key, default_cache_dir
 
 
 class DPO(CausalLMModule):
@@ -48,7 +50,9 @@ class DPO(CausalLMModule):
         label_smoothing: ε of cDPO (probability that a label is flipped).
         reference: ``cached`` or ``live`` (see the module docstring).
         reference_model: a different reference (hub id / path); default: the initial policy.
-        ref_cache_dir: where cached reference log-probs are stored (``None``: memory and checkpoints only).
+        ref_cache_dir: where cached reference log-probs are also stored on disk, keyed by data and reference
+            (``default``: ``$STEERZOO_REF_CACHE`` or ``~/.cache/steerzoo/ref_logps``; ``None``: memory and
+            checkpoints only). A cache shared by runs, not a run output.
         share_prompt: run each pair's prompt once (prefix sharing; see the module docstring).
     """
 
@@ -61,7 +65,7 @@ class DPO(CausalLMModule):
         label_smoothing: float = 0.0,
         reference: Literal["cached", "live"] = "cached",
         reference_model: str | None = None,
-        ref_cache_dir: str | None = "outputs/ref_cache",
+        ref_cache_dir: str | None = "default",
         share_prompt: bool = True,
         **kwargs: Any,
     ):
@@ -73,9 +77,9 @@ class DPO(CausalLMModule):
         self.reference, self.reference_model, self.ref_cache_dir = reference, reference_model, ref_cache_dir
         self.share_prompt = share_prompt
         super().__init__(**kwargs)
-        self.ref_logps: dict[str, torch.Tensor] = {}  # split -> [N, 2] (chosen, rejected) sums
-        self.ref_keys: dict[str, str] = {}
+        self.ref_cache = ReferenceCache(default_cache_dir() if ref_cache_dir == "default" else ref_cache_dir)
         self._ref_model: list[torch.nn.Module] = []  # a list, so Lightning neither registers nor saves it
+        self._weights_changed = False  # True once the policy trained or loaded trained weights
 
     def method_hparams(self) -> dict[str, Any]:
         return dict(beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
@@ -100,80 +104,65 @@ class DPO(CausalLMModule):
         yield {"prompt": list(record.prompt), "completions": [record.chosen, record.rejected]}
 
     # ---- reference --------------------------------------------------------------------------------
-    def _live_reference(self) -> torch.nn.Module | None:
-        """Frozen copy / separate reference for ``live`` mode; None means 'policy with adapters off'."""
+    def reference_module(self) -> torch.nn.Module | None:
+        """The module that computes π_ref now; ``None`` means the policy with its adapters disabled (LoRA)."""
         if self.reference_model is None and uses_peft(self.model):
             return None
-        if not self._ref_model:
-            if self.reference_model is not None:
-                ref = load_backbone(BackboneConfig(name_or_path=self.reference_model, dtype=self.backbone_cfg.dtype))
-            else:
-                ref = copy.deepcopy(self.model)
-            ref.requires_grad_(False).eval().to(self.device)
-            self._ref_model.append(ref)
-        return self._ref_model[0]
+        if self._ref_model:
+            return self._ref_model[0]
+        if self.reference_model is not None:
+            ref = load_backbone(BackboneConfig(name_or_path=self.reference_model, dtype=self.backbone_cfg.dtype))
+        elif not self._weights_changed:
+            if self.reference == "cached":
+                return self.model  # before the first step the policy *is* the reference: no second model
+            ref = copy.deepcopy(self.model)
+        else:
+            # the policy has trained: reload the initial weights, never use the policy as its own reference
+            print(f"steerzoo: {type(self).__name__} reference = the initial weights, reloaded from "
+                  f"{self.backbone_cfg.name_or_path!r}", flush=True)
+            ref = load_backbone(dataclasses.replace(self.backbone_cfg, lora=None, prompt_tuning=None,
+                                                    gradient_checkpointing=False))
+        ref.requires_grad_(False).eval().to(self.device)
+        self._ref_model.append(ref)
+        return ref
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Reference sequence log-probs [2B] for a batch, computed now."""
-        ref = self._live_reference() if self.reference == "live" else self._cache_reference()
+        """Reference sequence log-probs [C*B] for a batch, computed now."""
+        ref = self.reference_module()
         if ref is None:
             with self.model.disable_adapter():
                 return batch_sequence_logprobs(self.model, batch, self.logprob_chunk_size)[0]
         return batch_sequence_logprobs(ref, batch, self.logprob_chunk_size)[0]
 
-    def _cache_reference(self) -> torch.nn.Module:
-        if self.reference_model is None:
-            return self.model  # before the first step the policy *is* the reference
-        return self._live_reference()
-
-    def _cache_key(self, split: str) -> str:
-        ds = self.trainer.datamodule.datasets[split]
-        ident = f"{ds._fingerprint}|{self.reference_model or self.backbone_cfg.name_or_path}|{self.backbone_cfg.dtype}"
-        return hashlib.sha1(ident.encode()).hexdigest()[:16]
+    def reference_identity(self) -> str:
+        cfg = self.backbone_cfg
+        return f"{self.reference_model or cfg.name_or_path}|{cfg.revision}|{cfg.dtype}|{cfg.chat_template}"
 
     def ensure_reference_cache(self, split: str) -> None:
-        """Compute (or load from disk) the reference log-probs of every example of ``split``, once."""
-        if self.reference != "cached" or self.trainer.datamodule is None:
+        """Compute (or load) the reference log-probs of every example of ``split``, once, with the reference."""
+        if self.reference != "cached":
             return
         dm = self.trainer.datamodule
-        if split not in dm.datasets:
+        if dm is None or not hasattr(dm, "fingerprint"):
+            raise ValueError(f"{type(self).__name__} reference: cached needs a steerzoo DataModule (it caches per "
+                             "example); with other dataloaders use model.reference: live")
+        if split not in dm.datasets:  # this run does not use the split
             return
-        key, n = self._cache_key(split), len(dm.datasets[split])
-        if split in self.ref_logps:
-            if self.ref_keys.get(split) != key or self.ref_logps[split].shape[0] != n:
-                raise ValueError(
-                    f"the checkpoint's cached reference log-probs for '{split}' were computed on other data "
-                    f"({self.ref_logps[split].shape[0]} examples, key {self.ref_keys.get(split)}); this run has {n} "
-                    f"(key {key}). Resume with the same data, or start a new run."
-                )
+        key, n = cache_key(dm.fingerprint(split), self.reference_identity()), dm.num_examples(split)
+        if self.ref_cache.has(split, key, n):
             return
-        path = Path(self.ref_cache_dir) / f"ref-{key}.pt" if self.ref_cache_dir else None
-        if path is not None and path.exists():
-            cached = torch.load(path, weights_only=True)
-            if cached.shape[0] == n:
-                self.ref_logps[split], self.ref_keys[split] = cached, key
-                return
-        if self.global_step > 0 and self.reference_model is None:
-            raise RuntimeError(f"reference log-probs for '{split}' are missing after training started")
-        loader = dm._loader(split, dm.eval_batch_size, shuffle=False)
-        loader.sampler.rank, loader.sampler.world_size = 0, 1  # every rank caches every example
-        out = torch.zeros(n, 2)
         was_training = self.model.training
         self.model.eval()
-        with self.trainer.precision_plugin.forward_context():
-            for batch in tqdm(loader, desc=f"reference log-probs ({split})", disable=not self.trainer.is_global_zero):
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                logps = self.reference_logps(batch).float().cpu()
-                b = batch["idx"].shape[0]
-                out[batch["idx"].cpu(), 0], out[batch["idx"].cpu(), 1] = logps[:b], logps[b:]
-        self.model.train(was_training)
-        self.ref_logps[split], self.ref_keys[split] = out, key
-        if path is not None and self.trainer.is_global_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(out, tmp)
-            tmp.replace(path)  # atomic: a crash never leaves a half-written cache
+        try:
+            with self.trainer.precision_plugin.forward_context():
+                self.ref_cache.fill(
+                    split, key, n, dm.loader(split, all_examples=True),  # every rank caches every example
+                    lambda batch: self.reference_logps({k: v.to(self.device) for k, v in batch.items()}),
+                    show_progress=self.trainer.is_global_zero, write=self.trainer.is_global_zero,
+                )
+        finally:
+            self.model.train(was_training)
 
     def on_fit_start(self) -> None:
         for split in ("train", "validation"):
@@ -185,14 +174,17 @@ class DPO(CausalLMModule):
     def on_test_start(self) -> None:
         self.ensure_reference_cache("test")
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._weights_changed = True
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["ref_logps"] = {s: (self.ref_keys[s], t) for s, t in self.ref_logps.items()}
+        checkpoint["ref_logps"] = self.ref_cache.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        for split, (key, logps) in checkpoint.get("ref_logps", {}).items():
-            self.ref_logps[split], self.ref_keys[split] = logps, key
+        self._weights_changed = True
+        self.ref_cache.load_state_dict(checkpoint.get("ref_logps", {}))
 
     # ---- loss -------------------------------------------------------------------------------------
     def policy_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +201,7 @@ class DPO(CausalLMModule):
         logps, counts = policy if policy is not None else self.policy_logps(batch)
         b = batch["idx"].shape[0]
         if self.reference == "cached":
-            ref = self.ref_logps[split][batch["idx"].cpu()].to(logps.device)
+            ref = self.ref_cache.lookup(split, batch["idx"]).to(logps.device)
             ref = torch.cat([ref[:, 0], ref[:, 1]])
         else:
             ref = self.reference_logps(batch).to(logps.dtype)

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from zoo.control import (
     meet_loss,
     text_control_ids,
 )
+from zoo.preference import Preference, PreferenceError
 from zoo.records import PreferencePair
 
 
@@ -77,12 +78,20 @@ class MEET(CausalLMModule):
     Args:
         control: θ_c (``zoo.control.ControlSettings``): kind prompt | lora | text, placement, L, LoRA rank...
         phases: the two steps (``PhaseSettings``); the LM learning rate is ``optim.lr``.
-        (see ``CausalLMModule`` for backbone, tokenize, optim, sampling)
+        attributes: the steering names of the two controls, (θ_c^w, θ_c^l): what the chosen and the rejected
+            replies exemplify (default ``[good, bad]``; e.g. ``[verbosity, brevity]`` for length-labelled pairs).
+            ``steer: {good: 1}`` (the default, the paper's inference) samples under θ_c^w.
+        (see ``CausalLMModule`` for backbone, tokenize, optim, sampling, steer)
     """
 
     record_kind = "preference"
 
-    def __init__(self, control: ControlSettings | None = None, phases: PhaseSettings | None = None, **kwargs: Any):
+    def __init__(self, control: ControlSettings | None = None, phases: PhaseSettings | None = None,
+                 attributes: list[str] | None = None, **kwargs: Any):
+        self.attributes = list(attributes) if attributes is not None else list(CONTROL_NAMES)
+        if len(self.attributes) != len(CONTROL_NAMES) or len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"model.attributes: MEET needs two distinct names, for (good, bad) controls; "
+                             f"got {attributes}")
         self.control_cfg: ControlSettings = as_dataclass(ControlSettings, control)
         self.phases: PhaseSettings = as_dataclass(PhaseSettings, phases)
         if self.control_cfg.kind == "text" and self.phases.first_epochs:
@@ -102,9 +111,10 @@ class MEET(CausalLMModule):
         if self.control_cfg.kind == "text":
             text_ids = text_control_ids(tok, self.control_cfg.texts, self.control_cfg.text_template)
         self.control = Control(self.control_cfg, pad_id=tok.pad_token_id, bos_offset=int(adds_bos), text_ids=text_ids)
+        self.active_control = GOOD  # the control ``generate`` samples under (``steer``)
 
     def method_hparams(self) -> dict[str, Any]:
-        return {"control": _plain(self.control_cfg), "phases": _plain(self.phases)}
+        return {"control": _plain(self.control_cfg), "phases": _plain(self.phases), "attributes": self.attributes}
 
     @staticmethod
     def example_fn(record: PreferencePair, **kwargs: Any) -> Iterable[dict[str, Any]]:
@@ -183,22 +193,7 @@ class MEET(CausalLMModule):
 
     def phase_steps(self) -> int:
         """Optimizer steps in the current phase (the length of its LR schedule)."""
-        t = self._trainer
-        if t is None:
-            return 1
-        epochs = self.phases.first_epochs if self.phase == 1 else self.phases.second_epochs
-        # Not trainer.estimated_stepping_batches: with max_epochs set it builds Lightning's train loader now,
-        # before a checkpoint is restored, and the loader's saved position (mid-epoch resume) is then never
-        # applied. The datamodule's own loader gives the batch count without touching Lightning's state.
-        dm = getattr(t, "datamodule", None)
-        try:
-            batches = len(dm.train_dataloader())
-        except (AttributeError, TypeError, KeyError, NotImplementedError):
-            return max(t.max_steps, 1)  # unknown length: a schedule as long as the run (or constant)
-        limit = t.limit_train_batches
-        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
-        steps = math.ceil(batches / t.accumulate_grad_batches) * max(epochs, 1)
-        return max(min(steps, t.max_steps) if t.max_steps > 0 else steps, 1)
+        return self.schedule_steps(self.phases.first_epochs if self.phase == 1 else self.phases.second_epochs)
 
     def on_fit_start(self) -> None:
         total = self.phases.first_epochs + self.phases.second_epochs
@@ -230,27 +225,34 @@ class MEET(CausalLMModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.meet_step(batch, "test")
 
-    # ---- inference --------------------------------------------------------------------------------
-    def generate(self, prompt_ids: list[list[int]], control_id: int = GOOD, settings=None):
-        """Samples under one control (default θ_c^w, the only one the paper uses at inference)."""
-        return generate_with_control(self.model, self.tokenizer, self.control, prompt_ids, settings or self.sampling,
-                                     control_id)
+    # ---- inference and steering (zoo.preference) -------------------------------------------------
+    def default_preference(self) -> Preference:
+        return Preference.one_hot(self.attributes, self.attributes[GOOD])  # the paper samples under θ_c^w
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        samples = self.generate(batch["prompt_ids"])
-        idx = batch["idx"].tolist()
-        return [
-            {"idx": idx[k // samples.n], "sample": k % samples.n, "prompt": samples.prompts[k // samples.n],
-             "completion": text, "truncated": samples.truncated[k], **self.prediction_info()}
-            for k, text in enumerate(samples.texts)
-        ]
+    @contextmanager
+    def apply_preference(self, preference: Preference) -> Iterator[None]:
+        """A one-hot preference selects its control for ``generate``."""
+        nonzero = [i for i, w in enumerate(preference.weights) if w]
+        if len(nonzero) != 1:
+            raise PreferenceError(f"MEET ({self.control_cfg.kind} controls) samples under one control at a time: "
+                                  f"give one of {self.attributes} a weight, got {preference.as_dict()}")
+        previous, self.active_control = self.active_control, nonzero[0]
+        try:
+            yield
+        finally:
+            self.active_control = previous
+
+    def generate(self, prompt_ids: list[list[int]], settings=None):
+        """Samples under the active control (default θ_c^w, the only one the paper uses at inference)."""
+        return generate_with_control(self.model, self.tokenizer, self.control, prompt_ids, settings or self.sampling,
+                                     self.active_control)
 
     def prediction_info(self) -> dict[str, Any]:
-        info = {"control": CONTROL_NAMES[GOOD], "control_kind": self.control_cfg.kind}
+        info = {"control": CONTROL_NAMES[self.active_control], "control_kind": self.control_cfg.kind}
         if self.control_cfg.kind != "lora":
             info["control_placement"] = self.control_cfg.placement
         if self.control_cfg.kind == "text":
-            info["control_text"] = self.control_cfg.texts[GOOD]
+            info["control_text"] = self.control_cfg.texts[self.active_control]
         return info
 
     # ---- artifacts and checkpoints ----------------------------------------------------------------

@@ -30,8 +30,8 @@ Where the thesis is silent (our choices):
 - ACM: the ratings line lists the record's own labelled attributes in the configured order (NeMo leaves
   missing labels out too); a record with none of them yields no example; the loss is the NLL of the
   response tokens only (not the ratings, not the prompt);
-- ACM inference: ``steer_attribute: X`` sets X to C − 1 = 4 and every other attribute to 0, as the thesis
-  evaluates; ``steer_ratings`` gives any vector (missing attributes 0);
+- ACM inference: ``steer: {X: 1}`` sets X to C − 1 = 4 and every other attribute to 0, as the thesis
+  evaluates; any weights in [0, 1] give classes round(w · (C − 1)) (missing attributes 0);
 - the thesis trains the ACM on APM-labelled data: ``SteerLMAttributeModel.label_records`` makes those
   labels; the configs train on the datasets' own labels (relabelling is a separate, offline step).
 """
@@ -39,7 +39,8 @@ Where the thesis is silent (our choices):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,7 @@ from zoo.backbone import base_model, resolve_path
 from zoo.collate import IGNORE_INDEX, PadCollator, TokenizeSettings, tokenize_examples
 from zoo.heads import AttributeClassHead
 from zoo.logprobs import last_token_hidden
+from zoo.preference import Preference
 from zoo.records import ScoredResponse
 
 LIKERT_CLASSES = 5
@@ -303,23 +305,18 @@ class SteerLMConditionedSFT(_SteerLM, SFT):
     """ACM: SFT on responses given the prompt and their linearised ratings (``zoo.losses.nll_loss`` over
     response tokens); at inference the ratings line is the user's choice.
 
+    Steering (``zoo.preference``): ``steer`` weights in [0, 1] per attribute become Likert classes
+    round(w · (C − 1)) in the ratings line (missing attributes 0): ``{"helpfulness": 1}`` is the thesis's
+    "helpfulness:4, every other attribute 0" (§5.4). ``predict`` needs a ``steer``.
+
     Args:
         attributes: the attributes, in the order the ratings line lists them.
-        steer_attribute: predict with this attribute at C − 1 (4) and every other at 0 (thesis §5.4).
-        steer_ratings: predict with these classes instead (missing attributes 0).
         template / system_prompt / marker_tokens / num_classes: see the module docstring.
     """
 
-    def __init__(self, attributes: list[str] | None = None, steer_attribute: str | None = None,
-                 steer_ratings: dict[str, int] | None = None, **kwargs: Any):
-        self.steer_attribute, self.steer_ratings = steer_attribute, steer_ratings
+    def __init__(self, attributes: list[str] | None = None, **kwargs: Any):
         super().__init__(attributes=attributes, **kwargs)
-        if steer_attribute is not None or steer_ratings is not None:
-            self.conditioning()  # a bad steer fails at start-up, not after training
-
-    def method_hparams(self) -> dict[str, Any]:
-        return {**super().method_hparams(), "steer_attribute": self.steer_attribute,
-                "steer_ratings": self.steer_ratings}
+        self.active_ratings: str | None = None  # the ratings line ``generate`` conditions on (``steer``)
 
     @staticmethod
     def example_fn(record: ScoredResponse, attributes: Sequence[str] = (), template: TemplateName = "thesis",
@@ -333,37 +330,49 @@ class SteerLMConditionedSFT(_SteerLM, SFT):
 
     @staticmethod
     def prompt_example_fn(record: Any, template: TemplateName = "thesis",
-                          system_prompt: str | None = NEMO_SYSTEM_PROMPT, ratings: str | None = None,
-                          **kwargs: Any) -> Iterable[dict[str, Any]]:
-        yield {"prompt": as_plain_prompt(render(record.prompt, template, system_prompt, ratings)), "completions": []}
+                          system_prompt: str | None = NEMO_SYSTEM_PROMPT, **kwargs: Any) -> Iterable[dict[str, Any]]:
+        """Predict prompts end where the ratings line goes; ``generate`` appends the steered line."""
+        yield {"prompt": as_plain_prompt(render(record.prompt, template, system_prompt)), "completions": []}
 
-    def example_kwargs(self, split: str) -> dict[str, Any]:
-        kwargs = super().example_kwargs(split)
-        return {**kwargs, "ratings": self.conditioning()} if split == "predict" else kwargs
+    # ---- steering ---------------------------------------------------------------------------------
+    def preference_rules(self) -> dict[str, Any]:
+        return {"allow_zero": True, "max_weight": 1.0}
 
-    def conditioning(self) -> str:
-        """The inference ratings line, e.g. ``helpfulness:4,correctness:0,...`` for steer_attribute helpfulness."""
-        if (self.steer_attribute is None) == (self.steer_ratings is None):
-            raise ValueError("SteerLM ACM predict: set exactly one of model.steer_attribute (that attribute at "
-                             f"{self.num_classes - 1}, the others at 0) or model.steer_ratings; attributes: {self.attributes}")
-        if self.steer_attribute is not None:
-            if self.steer_attribute not in self.attributes:
-                raise ValueError(f"model.steer_attribute {self.steer_attribute!r} is not one of {self.attributes}")
-            ratings = {a: self.num_classes - 1 if a == self.steer_attribute else 0 for a in self.attributes}
-        else:
-            unknown = sorted(set(self.steer_ratings) - set(self.attributes))
-            bad = {a: v for a, v in self.steer_ratings.items()
-                   if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.num_classes}
-            if unknown or bad:
-                raise ValueError(f"model.steer_ratings: unknown attributes {unknown}, or classes outside "
-                                 f"0-{self.num_classes - 1} {bad}; attributes: {self.attributes}")
-            ratings = {a: self.steer_ratings.get(a, 0) for a in self.attributes}
-        return ratings_string(ratings, self.attributes)
+    def ratings_for(self, preference: Preference) -> str:
+        """The ratings line for ``preference``: weight w -> class round(w · (C − 1))."""
+        top = self.num_classes - 1
+        return ratings_string({a: int(round(w * top)) for a, w in preference.as_dict().items()}, self.attributes)
+
+    @contextmanager
+    def apply_preference(self, preference: Preference) -> Iterator[None]:
+        previous, self.active_ratings = self.active_ratings, self.ratings_for(preference)
+        try:
+            yield
+        finally:
+            self.active_ratings = previous
+
+    def on_predict_start(self) -> None:
+        if self.steer_preference is None:
+            raise ValueError(f"SteerLM ACM predict needs a steer (weights in [0, 1] per attribute, e.g. "
+                             f"--steer '{{\"{self.attributes[0]}\": 1}}'); attributes: {self.attributes}")
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], settings=None):
+        """Samples for prompts rendered up to the ratings line, conditioned on the active ratings. The line is
+        appended as text and the prompt re-tokenized whole, as in training (token boundaries stay the same)."""
+        if self.active_ratings is None:
+            raise ValueError(f"SteerLM ACM generates under a steer; attributes: {self.attributes}")
+        line = f"{TEMPLATES[self.template].label_prefix}{self.active_ratings}\n"
+        texts = [self.tokenizer.decode(list(p), skip_special_tokens=False) + line for p in prompt_ids]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        samples = super().generate(ids, settings)
+        samples.prompts = [self.tokenizer.decode(list(p)) for p in prompt_ids]
+        return samples
 
     def prompt_text(self, messages: Sequence[Mapping[str, str]] | str, ratings: str | None = None) -> str:
-        """The text the ACM continues for ``messages`` under ``ratings`` (default: the configured steer)."""
+        """The text the ACM continues for ``messages`` under ``ratings`` (default: the active steer's)."""
         messages = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
-        return render(messages, self.template, self.system_prompt, self.conditioning() if ratings is None else ratings)
+        return render(messages, self.template, self.system_prompt,
+                      self.active_ratings if ratings is None else ratings)
 
     def prediction_info(self) -> dict[str, Any]:
-        return {"conditioning": self.conditioning()}
+        return {"conditioning": self.active_ratings}

@@ -29,7 +29,7 @@ def label_split(apm, datamodule, split: str, batch_size: int = 8) -> list:
 
     from zoo.records import ScoredResponse
 
-    datamodule.attach(apm)
+    datamodule.attach(apm.example_builder())
     rows = datamodule.records(split, "scored")
     records = [ScoredResponse.from_row(r) for r in rows]
     out = []
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from callbacks.checkpoint_io import AtomicCheckpointIO
     from datamodules.records_file import write_records
     from lightning_modules.steerlm import SteerLMAttributeModel
-    from train import main as cli_main
+    from lightning_modules.cli import main as cli_main
 
     cli = cli_main([arg for c in args.config for arg in ("--config", c)] + extra, run=False)
     apm = cli.model

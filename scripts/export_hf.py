@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from callbacks.artifacts import export_pretrained  # noqa: E402
-from train import main as cli  # noqa: E402
+from lightning_modules.cli import main as cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# cached reference log-probs go to a per-session folder, never the user's ~/.cache/steerzoo/ref_logps
+os.environ.setdefault("STEERZOO_REF_CACHE", os.path.join(__import__("tempfile").mkdtemp(prefix="steerzoo-ref-"), "ref"))
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

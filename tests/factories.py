@@ -42,7 +42,31 @@ def tiny_kwargs(**overrides: Any) -> dict[str, Any]:
     return kw
 
 
-def trainer(tmp_path, max_steps: int, callbacks: list | None = None, **kwargs: Any) -> L.Trainer:
+class Trainer(L.Trainer):
+    """``L.Trainer`` that first hands the module's ``ExampleBuilder`` to the DataModule, as ``train.py`` does."""
+
+    def _wired(self, model: Any, datamodule: Any) -> None:
+        if datamodule is not None and hasattr(datamodule, "attach"):
+            datamodule.attach(model.example_builder())
+
+    def fit(self, model, *args: Any, datamodule=None, **kwargs: Any):
+        self._wired(model, datamodule)
+        return super().fit(model, *args, datamodule=datamodule, **kwargs)
+
+    def validate(self, model=None, *args: Any, datamodule=None, **kwargs: Any):
+        self._wired(model, datamodule)
+        return super().validate(model, *args, datamodule=datamodule, **kwargs)
+
+    def test(self, model=None, *args: Any, datamodule=None, **kwargs: Any):
+        self._wired(model, datamodule)
+        return super().test(model, *args, datamodule=datamodule, **kwargs)
+
+    def predict(self, model=None, *args: Any, datamodule=None, **kwargs: Any):
+        self._wired(model, datamodule)
+        return super().predict(model, *args, datamodule=datamodule, **kwargs)
+
+
+def trainer(tmp_path, max_steps: int, callbacks: list | None = None, **kwargs: Any) -> Trainer:
     from callbacks.checkpoint_io import AtomicCheckpointIO
 
     defaults = dict(
@@ -61,7 +85,7 @@ def trainer(tmp_path, max_steps: int, callbacks: list | None = None, **kwargs: A
         deterministic=True,
     )
     defaults.update(kwargs)
-    return L.Trainer(**defaults)
+    return Trainer(**defaults)
 
 
 class LossRecorder(L.Callback):

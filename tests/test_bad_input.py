@@ -55,7 +55,7 @@ def test_skip_reports_every_skipped_row(tmp_cwd, capsys):
 
 def test_length_drops_are_counted(tmp_cwd):
     module = DPO(**tiny_kwargs(tokenize={"max_length": 300, "length_policy": "drop"}))
-    dm = hh_sample(train=16).attach(module)
+    dm = hh_sample(train=16).attach(module.example_builder())
     dm.setup("fit")
     report = dm.reports["train"]
     assert report["dropped"] > 0 and report["examples"] == 16

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from train import main
+from lightning_modules.cli import main
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
 METHOD = str(Path(__file__).resolve().parents[1] / "configs" / "dpo.yaml")

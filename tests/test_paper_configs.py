@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.factories import TINY_CLI
-from train import main
+from lightning_modules.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_RUN = [

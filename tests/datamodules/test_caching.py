@@ -26,14 +26,14 @@ def test_second_setup_reuses_tokenized_cache(tmp_cwd, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(zoo.collate, "_tokenize_one", counting)
-    first = hh_sample(train=8).attach(DPO(**tiny_kwargs()))
+    first = hh_sample(train=8).attach(DPO(**tiny_kwargs()).example_builder())
     first.setup("fit")
     n_first = len(calls)
     assert n_first > 0
-    second = hh_sample(train=8).attach(DPO(**tiny_kwargs()))
+    second = hh_sample(train=8).attach(DPO(**tiny_kwargs()).example_builder())
     second.setup("fit")
     assert len(calls) == n_first  # nothing tokenized again
     assert _cache_files(first) == _cache_files(second)
-    third = hh_sample(train=8).attach(DPO(**tiny_kwargs(tokenize={"max_length": 300, "length_policy": "truncate"})))
+    third = hh_sample(train=8).attach(DPO(**tiny_kwargs(tokenize={"max_length": 300, "length_policy": "truncate"})).example_builder())
     third.setup("fit")
     assert len(calls) > n_first  # other settings: tokenized anew

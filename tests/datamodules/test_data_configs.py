@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from train import main
+from lightning_modules.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [

@@ -53,7 +53,7 @@ def test_examples_build_through_a_method(tmp_cwd):
 
     acm = SteerLMConditionedSFT(attributes=list(HELPSTEER + OASST), backbone={"name_or_path": "builtin:tiny"},
                                 tokenize={"max_length": 1024, "prompt_format": "plain"})
-    mixture = _mixture().attach(acm)
+    mixture = _mixture().attach(acm.example_builder())
     train = mixture.build_split("train")  # the samples have no validation split: train only
     assert len(train) == 11
     assert train["condition"][0] == "helpfulness:3,correctness:4,coherence:4,complexity:2,verbosity:2"

@@ -29,7 +29,7 @@ def _read(path, kind="scored", split="train", method_kind=None, **kw):
     dm = RecordsFileDataModule(data_files={split: [str(path)]}, kind=kind, **kw)
     method = SFT(backbone=TINY)
     method.record_kind = method_kind or kind
-    dm.attach(method)
+    dm.attach(method.example_builder())
     return dm.records(split, method_kind or kind)
 
 
@@ -98,7 +98,7 @@ def test_apm_relabels_helpsteer_and_the_acm_trains_on_the_labels(tmp_cwd):
 def test_apm_label_script_end_to_end(tmp_cwd):
     """fit an APM through the CLI, relabel its data with scripts/apm_label.py, read the files back."""
     from scripts.apm_label import main as label_main
-    from train import main
+    from lightning_modules.cli import main
 
     config = tmp_cwd / "apm.yaml"
     config.write_text(f"""

@@ -81,7 +81,7 @@ def test_cmpo_weights_steer_output(tmp_cwd):
 def test_untrained_plural_model_equals_reference_and_loss_matches_hand_computation(tmp_cwd):
     module = cmpo()
     module.configure_model()
-    dm = SyntheticSteering(batch_size=4).attach(module)
+    dm = SyntheticSteering(batch_size=4).attach(module.example_builder())
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     with torch.no_grad():

@@ -16,7 +16,7 @@ import torch
 from datamodules.base import RecordDataModule
 from lightning_modules.meet import MEET
 from tests.factories import TINY_CLI, hh_sample, tiny_kwargs, trainer
-from train import main
+from lightning_modules.cli import main
 from zoo.control import BAD, GOOD
 from zoo.records import PreferencePair, PromptRecord
 

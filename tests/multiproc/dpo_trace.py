@@ -70,7 +70,8 @@ def main() -> None:
     )
     module = DPO(**tiny_kwargs(optim={"lr": 1e-3}, sharding={"param_dtype": "float32"}), ref_cache_dir=None)
     ckpt = str(ckpt_dir / "last.ckpt") if a.resume else None
-    trainer.fit(module, datamodule=hh_sample(train=32, batch_size=a.batch), ckpt_path=ckpt)
+    data = hh_sample(train=32, batch_size=a.batch).attach(module.example_builder())
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     # the trained module's logits on a fixed input (every rank runs the forward: FSDP gathers collectively)
     probe = torch.arange(40).reshape(2, 20) % 250
     with torch.no_grad():
