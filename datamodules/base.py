@@ -24,10 +24,9 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 import lightning as L
-
-import zoo.records as records_module
 from torch.utils.data import DataLoader
 
+import zoo.records as records_module
 from datamodules.loader import ResumableDataLoader, ResumableSampler
 from zoo.collate import tokenize_examples
 from zoo.examples import ExampleBuilder, code_digest

@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 import datamodules  # noqa: E402,F401  (registers the DataModules for class_path lookup)
 import lightning_modules  # noqa: E402,F401
-from callbacks.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+from callbacks.checkpoint_io import AtomicCheckpointIO, RunCheckpoint  # noqa: E402
 from zoo.precision import resolve_precision  # noqa: E402
 
 DEFAULT_LOGGERS = (("lightning.pytorch.loggers.CSVLogger", "csv"), ("lightning.pytorch.loggers.TensorBoardLogger", "tb"))
@@ -74,6 +74,8 @@ class SteerZooCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if hasattr(callback, "overwrite") and config.get("overwrite"):
                 callback.overwrite = True
+            if isinstance(callback, RunCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")  # before --ckpt_path last
 
     def _parse_ckpt_path(self) -> None:
         """Lightning would overwrite the command line with the checkpoint's hyper-parameters; here the

@@ -49,7 +49,7 @@ class RewardModel(CausalLMModule):
 
     def build_extras(self) -> None:
         base = base_model(self.model)
-        self.value_head = ValueHead(base.config.hidden_size, ["reward"], self.head_dropout)
+        self.value_head = ValueHead(base.config.hidden_size, ["reward"], self.head_dropout, bias=False)
         head, embed = base.get_output_embeddings(), base.get_input_embeddings()
         if head.weight is not embed.weight:  # an untied LM head is unused here: keep it out of the optimizer
             head.requires_grad_(False)
@@ -93,5 +93,6 @@ class RewardModel(CausalLMModule):
         path = super().save_pretrained(path)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
                   str(path / "value_head.safetensors"))
-        (path / "value_head.json").write_text(json.dumps({"names": self.value_head.names}))
+        (path / "value_head.json").write_text(json.dumps({"names": self.value_head.names,
+                                                          "bias": self.value_head.linear.bias is not None}))
         return path

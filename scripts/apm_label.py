@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from callbacks.checkpoint_io import AtomicCheckpointIO
     from datamodules.records_file import write_records
-    from lightning_modules.steerlm import SteerLMAttributeModel
     from lightning_modules.cli import main as cli_main
+    from lightning_modules.steerlm import SteerLMAttributeModel
 
     cli = cli_main([arg for c in args.config for arg in ("--config", c)] + extra, run=False)
     apm = cli.model

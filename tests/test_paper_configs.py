@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.factories import TINY_CLI
 from lightning_modules.cli import main
+from tests.factories import TINY_CLI
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_RUN = [

@@ -12,17 +12,21 @@ from torch import nn
 
 
 class ValueHead(nn.Module):
-    """Linear map hidden -> k named outputs. Zero-initialised bias, small weights: rewards start near 0."""
+    """Linear map hidden -> k named outputs. Small weights and a zero bias: rewards start near 0.
 
-    def __init__(self, hidden_size: int, names: list[str] | None = None, dropout: float = 0.0):
+    ``bias``: a pairwise (Bradley-Terry) loss sees only reward differences, in which a bias cancels: it
+    would never receive a gradient, so the pairwise reward model has none. Regression targets need it."""
+
+    def __init__(self, hidden_size: int, names: list[str] | None = None, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         self.names = list(names or ["reward"])
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"ValueHead output names must be unique, got {self.names}")
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(hidden_size, len(self.names))
+        self.linear = nn.Linear(hidden_size, len(self.names), bias=bias)
         nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1))
-        nn.init.zeros_(self.linear.bias)
+        if bias:
+            nn.init.zeros_(self.linear.bias)
 
     @property
     def k(self) -> int:

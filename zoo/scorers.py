@@ -101,8 +101,9 @@ class RewardModelScorer:
         path_ = Path(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path_)
         self.model = AutoModelForCausalLM.from_pretrained(path_).eval().to(device)
-        names = json.loads((path_ / "value_head.json").read_text())["names"]
-        self.head = ValueHead(self.model.config.hidden_size, names)
+        meta = json.loads((path_ / "value_head.json").read_text())
+        names = meta["names"]
+        self.head = ValueHead(self.model.config.hidden_size, names, bias=meta.get("bias", True))
         self.head.load_state_dict(load_file(str(path_ / "value_head.safetensors")))
         self.head.eval().to(device)
         self.names, self.scales = names, {n: (-bound, bound) for n in names}

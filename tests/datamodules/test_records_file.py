@@ -97,8 +97,8 @@ def test_apm_relabels_helpsteer_and_the_acm_trains_on_the_labels(tmp_cwd):
 
 def test_apm_label_script_end_to_end(tmp_cwd):
     """fit an APM through the CLI, relabel its data with scripts/apm_label.py, read the files back."""
-    from scripts.apm_label import main as label_main
     from lightning_modules.cli import main
+    from scripts.apm_label import main as label_main
 
     config = tmp_cwd / "apm.yaml"
     config.write_text(f"""

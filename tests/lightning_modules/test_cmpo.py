@@ -57,7 +57,7 @@ def class_shares(module, steer, prompts):
     from zoo.sampling import sample
 
     settings = SamplingSettings(n=8, max_new_tokens=8, temperature=1.0, seed=0)
-    with module.steered(steer):
+    with module.steer(steer):
         joined = "".join(sample(module.model, module.tokenizer, prompts, settings).texts)
     return sum(c in A_CHARS for c in joined) / len(joined), sum(c in B_CHARS for c in joined) / len(joined)
 
@@ -78,20 +78,35 @@ def test_cmpo_weights_steer_output(tmp_cwd):
     assert b_under_b > b_under_a + 0.25, (b_under_b, b_under_a)
 
 
-def test_untrained_plural_model_equals_reference_and_loss_matches_hand_computation(tmp_cwd):
+def mixed_head_logps_by_hand(module, example, lam):
+    """log π(y | x, Λ) computed independently of CMPO's code path: one unpacked row prompt + completion, the
+    final hidden states from the plain HF forward, each head's logits h W_jᵀ, mixed Σ λ_j, full log-softmax."""
+    ids = torch.tensor([example["prompt_ids"] + example["completion"]])
+    with torch.no_grad():
+        h = module.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]  # [T, H], after the final norm
+        logits = sum(lam[j] * (h @ module.heads.weight[j].T) for j in range(len(lam)))
+        logp = torch.log_softmax(logits.double(), -1)
+    p = len(example["prompt_ids"])
+    return sum(logp[t - 1, ids[0, t]].item() for t in range(p, ids.shape[1]))
+
+
+def test_policy_logps_are_mixed_head_logps_and_loss_matches_hand_computation(tmp_cwd):
     module = cmpo()
     module.configure_model()
     dm = SyntheticSteering(batch_size=4).attach(module.example_builder())
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    with torch.no_grad():
+    with torch.no_grad():  # make the heads differ, as after training
+        module.heads.weight[0].add_(torch.randn_like(module.heads.weight[0]) * 0.5)
         pol, _ = module.policy_logps(batch)
         ref = module.reference_logps(batch)  # the single base head
-    torch.testing.assert_close(pol, ref, rtol=1e-5, atol=1e-5)  # copies of the base head, Σλ = 1
-    with torch.no_grad():  # make the heads differ, then check the cDPO loss by hand
-        module.heads.weight[0].add_(torch.randn_like(module.heads.weight[0]) * 0.05)
-        pol, _ = module.policy_logps(batch)
     b = batch["idx"].shape[0]
+    rows = dm.datasets["train"].select(batch["idx"].tolist())
+    for i, row in enumerate(rows):
+        lam = row["weights"]
+        for j, completion in enumerate(row["completion_ids"]):  # chosen (block 0), rejected (block 1)
+            by_hand = mixed_head_logps_by_hand(module, {"prompt_ids": row["prompt_ids"], "completion": completion}, lam)
+            assert pol[j * b + i].item() == pytest.approx(by_hand, abs=1e-3)
     losses, _, _ = dpo_loss(pol[:b], pol[b:], ref[:b], ref[b:], beta=0.5, label_smoothing=0.1)
     for i in range(b):
         h = (pol[i] - ref[i]) - (pol[b + i] - ref[b + i])
@@ -101,11 +116,26 @@ def test_untrained_plural_model_equals_reference_and_loss_matches_hand_computati
     assert conditions == {"a", "b"}  # pure-A vs pure-B replies never win on both attributes
 
 
+def test_untrained_plural_model_equals_reference_when_weights_sum_to_one():
+    module = cmpo()
+    module.configure_model()
+    dm = SyntheticSteering(batch_size=4).attach(module.example_builder())
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        pol, _ = module.policy_logps(batch)
+        ref = module.reference_logps(batch)
+    assert torch.allclose(batch["weights"].sum(-1), torch.ones(batch["weights"].shape[0]))
+    torch.testing.assert_close(pol, ref, rtol=1e-5, atol=1e-5)  # copies of the base head, Σλ = 1
+
+
 def test_steer_validation():
-    with pytest.raises(ValueError, match="unknown attributes \\['c'\\]"):
+    with pytest.raises(ValueError, match=r"unknown attribute\(s\) \['c'\]; this model steers \['a', 'b'\]"):
         cmpo(steer={"c": 1.0})
     with pytest.raises(ValueError, match="negative weights"):
         cmpo(steer={"a": -1.0})
     with pytest.raises(ValueError, match="all weights are zero"):
         cmpo(steer={"a": 0.0, "b": 0.0})
-    assert cmpo(steer={"a": -1.0, "b": 1.0}, allow_negative_weights=True).steer_weights.tolist() == [-1.0, 1.0]
+    module = cmpo(steer={"a": -1.0, "b": 1.0}, allow_negative_weights=True)
+    assert module.steer_preference.vector().tolist() == [-1.0, 1.0]
+    assert module.default_preference().as_dict() == {"a": 0.5, "b": 0.5}

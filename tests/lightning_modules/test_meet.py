@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from datamodules.base import RecordDataModule
+from lightning_modules.cli import main
 from lightning_modules.meet import MEET
 from tests.factories import TINY_CLI, hh_sample, tiny_kwargs, trainer
-from lightning_modules.cli import main
 from zoo.control import BAD, GOOD
 from zoo.records import PreferencePair, PromptRecord
 
@@ -67,7 +67,8 @@ def test_meet_good_control_produces_the_property(tmp_cwd, kind):
     prompts = dm.datasets["predict"]["prompt_ids"]
     rate = {}
     for c in (GOOD, BAD):
-        texts = module.generate(prompts, control_id=c).texts
+        with module.steer({module.attributes[c]: 1.0}):
+            texts = module.generate(prompts).texts
         rate[c] = sum("!!!" in t for t in texts) / len(texts)
         print(kind, c, texts)
     assert rate[GOOD] >= 0.75 and rate[BAD] <= 0.25, rate
@@ -113,10 +114,13 @@ def test_soft_prompts_start_as_the_repeated_word_embedding():
     module = meet("prompt", length=5)
     module.configure_model()
     emb = module.model.get_input_embeddings().weight.detach()
-    for c, word in ((GOOD, " good"), (BAD, " bad")):
-        ids = module.tokenizer(word, add_special_tokens=False)["input_ids"]
-        expected = emb[ids].mean(0).expand(5, -1)
-        torch.testing.assert_close(module.soft_prompts.prompts[c].detach(), expected, rtol=0, atol=0)
+    # the tiny byte tokenizer: printable ASCII c is id ord(c) - 33, the space byte (shown as "Ġ") is 220
+    good_ids = [220, ord("g") - 33, ord("o") - 33, ord("o") - 33, ord("d") - 33]
+    bad_ids = [220, ord("b") - 33, ord("a") - 33, ord("d") - 33]
+    for c, ids in ((GOOD, good_ids), (BAD, bad_ids)):
+        expected = sum(emb[i] for i in ids) / len(ids)
+        for position in range(5):
+            torch.testing.assert_close(module.soft_prompts.prompts[c, position].detach(), expected, rtol=0, atol=1e-6)
     assert not torch.equal(module.soft_prompts.prompts[GOOD], module.soft_prompts.prompts[BAD])
 
 
@@ -135,9 +139,10 @@ def test_fit_then_predict_through_the_cli(tmp_cwd, method, kind):
     main(["fit", "--config", config, *args, "--trainer.max_steps", "3", "--trainer.max_epochs", "2"])
     ckpt = tmp_cwd / "runs" / method / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)  # plain contents only
-    assert state["global_step"] == 3 and state["meet"]["phase"] in (1, 2)
+    # 2 steps per epoch, phases.first_epochs 1 (CoH: 0): step 3 runs in step 2 of the method
+    assert state["global_step"] == 3 and state["meet"]["phase"] == 2
     main(["predict", "--config", config, *args, "--ckpt_path", str(ckpt)])
-    out = tmp_cwd / "runs" / method / "predictions.jsonl"
+    (out,) = (tmp_cwd / "runs" / method / "predictions").glob("predict-*.jsonl")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3 and all(r["control"] == "good" and r["control_kind"] == kind for r in rows)
     assert {"prompt", "completion", "truncated"} <= set(rows[0])

@@ -17,11 +17,12 @@ from lightning_modules.steerlm import (
     SteerLMConditionedSFT,
     attribute_cross_entropy,
     likert_class,
+    render,
 )
 from tests.factories import trainer
 from zoo.collate import IGNORE_INDEX, PadCollator, tokenize_examples
 from zoo.records import PromptRecord, ScoredResponse
-from zoo.sampling import SamplingSettings, sample
+from zoo.sampling import SamplingSettings
 
 P_CHARS, OTHER_CHARS = "ae", "12"
 PLAIN = {"max_length": 64, "prompt_format": "plain"}
@@ -153,7 +154,7 @@ def test_acm_labels_cover_only_the_response_and_ratings_read_a4_b0():
 
 
 def test_acm_predict_writes_the_conditioning(tmp_cwd):
-    acm = tiny(SteerLMConditionedSFT, attributes=["a", "p"], steer_attribute="p",
+    acm = tiny(SteerLMConditionedSFT, attributes=["a", "p"], steer={"p": 1},
                sampling={"max_new_tokens": 3, "temperature": 0.0})
     out = tmp_cwd / "predictions.jsonl"
     trainer(tmp_cwd, max_steps=1, callbacks=[JsonlPredictionWriter(str(out))]).predict(
@@ -162,19 +163,20 @@ def test_acm_predict_writes_the_conditioning(tmp_cwd):
     assert len(rows) == 4  # two prompts, each under two replies (prompt records are not deduplicated here)
     for row in rows:
         assert row["conditioning"] == "a:0,p:4"  # the steered attribute at 4, every other at 0
-        assert row["prompt"].endswith("<extra_id_1>Assistant\na:0,p:4\n")
-    assert tiny(SteerLMConditionedSFT, attributes=["a", "p"], steer_ratings={"a": 2}).conditioning() == "a:2,p:0"
+        assert row["steer"] == {"a": 0.0, "p": 1.0}
+        assert row["prompt"].endswith("<extra_id_1>Assistant\n")
+    assert acm.ratings_for(acm.preference({"a": 0.5})) == "a:2,p:0"  # w -> round(4w)
+    assert acm.ratings_for(acm.preference({"a": 0.0})) == "a:0,p:0"  # all-zero ratings are a valid steer
 
 
-def test_steer_and_template_settings_are_checked():
-    with pytest.raises(ValueError, match="steer_attribute 'q' is not one of"):
-        tiny(SteerLMConditionedSFT, attributes=["a", "p"], steer_attribute="q")
-    with pytest.raises(ValueError, match="exactly one of"):
-        tiny(SteerLMConditionedSFT, attributes=["a", "p"], steer_attribute="a", steer_ratings={"p": 1})
-    with pytest.raises(ValueError, match="classes outside 0-4"):
-        tiny(SteerLMConditionedSFT, attributes=["a", "p"], steer_ratings={"p": 5})
-    with pytest.raises(ValueError, match="exactly one of"):
-        tiny(SteerLMConditionedSFT, attributes=["a"]).example_kwargs("predict")  # predict needs a steer
+def test_steer_and_template_settings_are_checked(tmp_cwd):
+    with pytest.raises(ValueError, match=r"unknown attribute\(s\) \['q'\]; this model steers \['a', 'p'\]"):
+        tiny(SteerLMConditionedSFT, attributes=["a", "p"], steer={"q": 1})
+    with pytest.raises(ValueError, match="weights above 1 are not allowed"):
+        tiny(SteerLMConditionedSFT, attributes=["a", "p"], steer={"p": 1.5})
+    with pytest.raises(ValueError, match="predict needs a steer"):  # before any generation
+        trainer(tmp_cwd, max_steps=1).predict(tiny(SteerLMConditionedSFT, attributes=["a"]),
+                                              datamodule=Property(batch_size=2))
     with pytest.raises(ValueError, match="prompt_format: plain"):
         SteerLMConditionedSFT(attributes=["a"], backbone={"name_or_path": "builtin:tiny"},
                               tokenize={"prompt_format": "chat"})
@@ -194,9 +196,13 @@ def test_acm_conditioning_steers_output(tmp_cwd):
     settings = SamplingSettings(n=8, max_new_tokens=8, temperature=1.0, seed=0)
     prompts = ["xyzx", "zzyx", "yxzy", "xxzy"]
 
-    def p_share(line: str) -> float:
-        joined = "".join(sample(acm.model, acm.tokenizer, [acm.prompt_text(p, line) for p in prompts], settings).texts)
+    ids = [acm.tokenizer(render([{"role": "user", "content": p}], acm.template, acm.system_prompt))["input_ids"]
+           for p in prompts]
+
+    def p_share(weight: float) -> float:
+        with acm.steer({"p": weight}):  # the steering interface writes the ratings line
+            joined = "".join(acm.generate(ids, settings).texts)
         return sum(c in P_CHARS for c in joined) / max(len(joined), 1)
 
-    high, low = p_share("p:4"), p_share("p:0")
+    high, low = p_share(1.0), p_share(0.0)
     assert high > low + 0.5, (high, low)

@@ -61,11 +61,12 @@ def test_splice_before_and_between():
 
 
 def test_soft_prompt_init_repeats_the_word_embedding():
-    tok, emb = tiny_tokenizer(), torch.randn(260, 8)
+    tok = tiny_tokenizer()
+    emb = torch.arange(260, dtype=torch.float).unsqueeze(1).repeat(1, 8)  # row i is i everywhere
     ids = word_ids(tok, "good")
-    assert ids == tok(" good", add_special_tokens=False)["input_ids"] and len(ids) == 5  # bytes: mean of 5
+    assert ids == [220, 70, 78, 78, 67]  # " good" as bytes: space (220), then ord(c) - 33
     init = repeated_word_embedding(emb, ids, 3)
-    assert torch.equal(init, emb[ids].mean(0).expand(3, -1))
+    assert init.shape == (3, 8) and torch.all(init == (220 + 70 + 78 + 78 + 67) / 5)
     soft = SoftPrompts.from_words(emb, tok, ["good", "bad"], 3)
     assert torch.equal(soft.prompts[GOOD], init) and soft(torch.tensor([BAD, GOOD])).shape == (2, 3, 8)
 
