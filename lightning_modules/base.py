@@ -202,6 +202,20 @@ class CausalLMModule(L.LightningModule):
         """Samples for tokenized prompts under the current steering (``zoo.sampling``)."""
         return sample(self.model, self.tokenizer, None, settings or self.sampling, prompt_ids=prompt_ids)
 
+    def encode_prompts(self, prompts: Sequence[Sequence[Mapping[str, str]] | str]) -> list[list[int]]:
+        """Token ids of conversations (or bare user strings) rendered exactly as ``predict`` renders its prompts:
+        the method's prompt examples, then ``zoo.collate`` with this module's tokenize settings."""
+        from zoo.collate import tokenize_examples
+        from zoo.records import PromptRecord
+
+        builder = self.example_builder()
+        examples = [ex for p in prompts
+                    for ex in builder.prompt_example_fn(PromptRecord(prompt=p), **builder.kwargs_for("predict"))]
+        settings = dataclasses.replace(self.tokenize_settings, length_policy="truncate")
+        tok = tokenize_examples({"prompt": [e["prompt"] for e in examples], "completions": [[] for _ in examples]},
+                                self.tokenizer, settings)
+        return tok["prompt_ids"]
+
     def generate_steered(self, prompt_ids: Sequence[Sequence[int]], preferences: Sequence[SteerValue],
                          settings: SamplingSettings | None = None) -> list[Samples]:
         """One ``Samples`` per prompt, prompt i under ``preferences[i]``: prompts sharing a preference
