@@ -154,6 +154,11 @@ class CausalLMModule(L.LightningModule):
         """Keyword arguments for ``zoo.collate.PadCollator`` (DPO asks for prefix-shared rows)."""
         return {}
 
+    def shared_prompt_collate(self, share_prompt: bool) -> dict[str, Any]:
+        """Collator options for prefix-shared rows (``zoo.collate.packed_rows``: one trunk pass per prompt) when
+        the attention takes a 4-D mask (sdpa, eager); flash-attention kernels take none: padded rows."""
+        return {"share_prompt": share_prompt and self.backbone_cfg.attn_implementation in (None, "sdpa", "eager")}
+
     def example_builder(self) -> ExampleBuilder:
         """This method's side of the data contract (``zoo.examples``), handed to ``datamodule.attach``."""
         return ExampleBuilder(

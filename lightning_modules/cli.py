@@ -16,12 +16,12 @@ What the CLI adds to Lightning's:
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
 
 import datamodules  # noqa: E402,F401  (registers the DataModules for class_path lookup)
 import lightning_modules  # noqa: E402,F401
@@ -77,6 +77,15 @@ class SteerZooCLI(LightningCLI):
             if isinstance(callback, RunCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")  # before --ckpt_path last
 
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints are written atomically (``AtomicCheckpointIO``) unless the config names its own
+        CheckpointIO. Added here, not as a parser default: an object default cannot be saved in config.yaml."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        plugins = list(config["trainer"].get("plugins") or [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(**{"plugins": plugins, **kwargs})
+
     def _parse_ckpt_path(self) -> None:
         """Lightning would overwrite the command line with the checkpoint's hyper-parameters; here the
         configs and flags you pass win (e.g. ``--steer`` at predict time) and the checkpoint supplies the
@@ -84,15 +93,12 @@ class SteerZooCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    with warnings.catch_warnings():
-        # our CheckpointIO plugin is an object, not a config value: nothing to serialize, nothing lost
-        warnings.filterwarnings("ignore", message=r"\s*Unable to serialize instance <callbacks\.checkpoint_io")
-        return SteerZooCLI(
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},  # re-running in the same folder must not crash
-            trainer_defaults={"plugins": [AtomicCheckpointIO()], "use_distributed_sampler": False},
-            args=args,
-            run=run,
-        )
+    return SteerZooCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},  # re-running in the same folder must not crash
+        trainer_defaults={"use_distributed_sampler": False},
+        args=args,
+        run=run,
+    )
 

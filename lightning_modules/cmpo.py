@@ -32,6 +32,7 @@ from lightning_modules.cmpo_pairs import WEIGHTINGS, Weighting, prompt_pairs
 from lightning_modules.dpo import DPO
 from zoo.backbone import base_model, resolve_path
 from zoo.logprobs import batch_completion_hidden, sum_by_row
+from zoo.metrics import ResumableMean
 from zoo.plural import HeadInit, PluralHead
 from zoo.preference import Preference
 from zoo.records import Record
@@ -82,6 +83,9 @@ class CMPO(DPO):
         self.record_kind = data_kind
         super().__init__(beta=beta, label_smoothing=label_smoothing, **kwargs)
         self.heads: PluralHead | None = None
+        self.train_metrics = torch.nn.ModuleDict({
+            f"{metric}_{name}": ResumableMean() for name in self.attributes for metric in ("reward_accuracy", "reward_margin")
+        })
 
     def method_hparams(self) -> dict[str, Any]:
         return {**super().method_hparams(), "attributes": self.attributes, "data_kind": self.data_kind,
@@ -134,13 +138,23 @@ class CMPO(DPO):
         return sum_by_row(hidden, targets, rows, n, self.heads, self.logprob_chunk_size, (torch.cat([lam, lam]),))
 
     def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
-        """Reward accuracy and margin per attribute, over the pairs whose condition includes it."""
+        """Reward accuracy and margin per attribute, over the pairs whose condition includes it, aggregated per
+        epoch, weighted by those pairs (a batch may hold none of an attribute's pairs: a per-step log would repeat
+        the previous step's value). Training keeps the running means in ``train_metrics``, whose state is saved
+        in checkpoints, so a run resumed mid-epoch reports the same epoch means as an uninterrupted one."""
         on = batch["weights"] > 0
         for j, name in enumerate(self.attributes):
-            if on[:, j].any():
-                m = on[:, j]
-                self.log(f"{stage}/reward_accuracy/{name}", (r_c[m] > r_r[m]).float().mean(), batch_size=int(m.sum()))
-                self.log(f"{stage}/reward_margin/{name}", (r_c[m] - r_r[m]).mean(), batch_size=int(m.sum()))
+            m = on[:, j]
+            values = {"reward_accuracy": (r_c[m] > r_r[m]).float().mean(), "reward_margin": (r_c[m] - r_r[m]).mean()}
+            for metric, value in values.items():
+                key = f"{stage}/{metric}/{name}"
+                if stage == "train":  # logged every step, so a resumed epoch reports the restored running mean
+                    running = self.train_metrics[f"{metric}_{name}"]
+                    if m.any():
+                        running.update(value, int(m.sum()))
+                    self.log(key, running, on_step=False, on_epoch=True)
+                elif m.any():
+                    self.log(key, value, batch_size=int(m.sum()), sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         parts = batch_completion_hidden(self.model, batch)  # one trunk forward: the loss and every head's accuracy

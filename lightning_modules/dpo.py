@@ -87,9 +87,7 @@ class DPO(CausalLMModule):
                     share_prompt=self.share_prompt)
 
     def collate_options(self) -> dict[str, Any]:
-        # flash-attention kernels take no custom mask: they get the plain padded layout
-        masks_ok = self.backbone_cfg.attn_implementation in (None, "sdpa", "eager")
-        return {"share_prompt": self.share_prompt and masks_ok}
+        return self.shared_prompt_collate(self.share_prompt)
 
     def check_shardable(self) -> None:
         super().check_shardable()

@@ -1,5 +1,7 @@
 """Bradley-Terry reward model: a ``ValueHead`` on the trunk's last-token hidden state, trained with
-``zoo.losses.bradley_terry_loss`` on preference pairs (one concatenated forward for both replies).
+``zoo.losses.bradley_terry_loss`` on preference pairs. As in DPO, the collator packs ``prompt | chosen |
+rejected`` into one row with a 4-D mask (``share_prompt``, default on), so the prompt runs through the trunk
+once per pair; the head reads each reply's last token (``zoo.logprobs.batch_last_hidden``).
 
 The head has named outputs; with one output it is the classic scalar RM, and a k-output regression
 reward model (DPA) reuses the same head. ``save_pretrained`` writes the trunk as an HF directory (or
@@ -19,7 +21,7 @@ from safetensors.torch import save_file
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule
 from zoo.backbone import base_model
 from zoo.heads import ValueHead
-from zoo.logprobs import last_token_hidden
+from zoo.logprobs import batch_last_hidden
 from zoo.losses import bradley_terry_loss
 from zoo.records import PreferencePair
 
@@ -31,17 +33,24 @@ class RewardModel(CausalLMModule):
         head_dropout: dropout on the hidden state before the head.
         center_rewards_coefficient: weight of an optional (r_c + r_r)² penalty that keeps rewards centred
             (0 = off, as in the original formulation).
+        share_prompt: run each pair's prompt once (prefix sharing, as DPO).
     """
 
     record_kind = "preference"
 
-    def __init__(self, head_dropout: float = 0.0, center_rewards_coefficient: float = 0.0, **kwargs: Any):
+    def __init__(self, head_dropout: float = 0.0, center_rewards_coefficient: float = 0.0, share_prompt: bool = True,
+                 **kwargs: Any):
         self.head_dropout, self.center_rewards_coefficient = head_dropout, center_rewards_coefficient
+        self.share_prompt = share_prompt
         super().__init__(**kwargs)
         self.value_head: ValueHead | None = None
 
     def method_hparams(self) -> dict[str, Any]:
-        return dict(head_dropout=self.head_dropout, center_rewards_coefficient=self.center_rewards_coefficient)
+        return dict(head_dropout=self.head_dropout, center_rewards_coefficient=self.center_rewards_coefficient,
+                    share_prompt=self.share_prompt)
+
+    def collate_options(self) -> dict[str, Any]:
+        return self.shared_prompt_collate(self.share_prompt)
 
     @staticmethod
     def example_fn(record: PreferencePair, **kwargs: Any) -> Iterable[dict[str, Any]]:
@@ -55,12 +64,12 @@ class RewardModel(CausalLMModule):
             head.requires_grad_(False)
 
     def rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[C*B, k] rewards of every row of a batch."""
-        return self.value_head(last_token_hidden(self.model, batch["input_ids"], batch["attention_mask"]))
+        """[C*B, k] rewards of every reply of a batch (completion-major: chosen block, rejected block)."""
+        return self.value_head(batch_last_hidden(self.model, batch))
 
     def rm_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         r = self.rewards(batch)[:, 0]
-        b = r.shape[0] // 2
+        b = batch["idx"].shape[0]
         r_c, r_r = r[:b], r[b:]
         loss = bradley_terry_loss(r_c, r_r).mean()
         if self.center_rewards_coefficient:

@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 
 from datamodules.hh_rlhf import HHRLHFDataModule
+from lightning_modules import CMPO, DPO, SFT, RewardModel, SteerLMAttributeModel, SteerLMConditionedSFT
+from lightning_modules.meet import MEET
 
 TINY = {"name_or_path": "builtin:tiny"}
 # train.py flags for a quick CPU run of any method config on the tiny model (tests add their own extras)
@@ -18,6 +20,22 @@ TINY_CLI = [
     "--trainer.precision", "32-true",
     "--trainer.enable_progress_bar", "false",
 ]
+
+# every method on the tiny model and the HH sample: name -> (class, extra module kwargs, extra data kwargs)
+LORA = {"name_or_path": "builtin:tiny", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+SCORED = {"scorers": ["verbosity", "sentiment"]}  # HH replies labelled offline: what CMPO and SteerLM train on
+PLAIN = {"max_length": 384, "max_prompt_length": 256, "length_policy": "truncate", "prompt_format": "plain"}
+METHODS = {  # name: (class, extra module kwargs, extra data kwargs)
+    "SFT": (SFT, {}, {}),
+    "DPO": (DPO, {}, {}),
+    "RewardModel": (RewardModel, {}, {}),
+    "CMPO-copy": (CMPO, {"attributes": ["verbosity", "sentiment"]}, SCORED),
+    "CMPO-lowrank": (CMPO, {"attributes": ["verbosity", "sentiment"], "head_init": "lowrank"}, SCORED),
+    "SteerLM-APM": (SteerLMAttributeModel, {"attributes": ["verbosity", "sentiment"], "tokenize": PLAIN}, SCORED),
+    "SteerLM-ACM": (SteerLMConditionedSFT, {"attributes": ["verbosity", "sentiment"], "tokenize": PLAIN}, SCORED),
+    "MEET": (MEET, {"control": {"kind": "prompt", "length": 2},
+                    "phases": {"first_epochs": 1, "second_epochs": 1}}, {}),
+}
 
 
 def hh_sample(train: int = 16, validation: int = 8, batch_size: int = 4, **kwargs: Any) -> HHRLHFDataModule:
@@ -96,3 +114,19 @@ class LossRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(float(outputs["loss"]))
+
+
+class Killed(BaseException):
+    """Raised by ``KillAt``: a crash that skips every save (Lightning saves no checkpoint on an exception)."""
+
+
+class KillAt(L.Callback):
+    """Dies at the start of step ``step``: right after the checkpoints of step ``step`` - 1 were written,
+    like a SIGKILL between two steps (the next step's work never starts)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Killed(f"killed at step {self.step}")

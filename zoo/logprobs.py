@@ -163,6 +163,23 @@ def last_token_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def batch_last_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final hidden state at each sequence's last token [N, H] for a collated batch in either layout: a padded
+    row's last real token, or the last token of each completion of a prefix-shared row (``packed_rows``),
+    in the padded layout's completion-major order. Reward heads read it."""
+    if "pred_labels" not in batch:
+        return last_token_hidden(model, batch["input_ids"], batch["attention_mask"])
+    hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    pred = batch["pred_labels"]
+    seq, pos = (pred != IGNORE_INDEX).nonzero(as_tuple=True)
+    # a completion's last token sits one after its last predicting position
+    last = torch.full((pred.shape[0],), -1, dtype=pos.dtype, device=pos.device).scatter_reduce(0, seq, pos, "amax")
+    if (last < 0).any():
+        raise ValueError("batch_last_hidden: a packed row holds an empty completion")
+    rows = torch.arange(pred.shape[0], device=pred.device) % hidden.shape[0]
+    return hidden[rows, last + 1]
+
+
 def full_logits_reference(model: nn.Module, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """The textbook computation (full logits, full log-softmax) — for tests to check the fast path against."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()

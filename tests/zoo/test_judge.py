@@ -106,9 +106,35 @@ def test_compare_predictions_script(tmp_path):
 
     report = main([str(ours), str(theirs), "--reward-model", str(rm_dir), "--references", str(refs),
                    "--llm-judge", str(judge_dir), "--out", str(tmp_path / "report.json")])
+    # the reward model's outcomes, recomputed here: σ(r_ours − r_theirs) inside [0.45, 0.55] is a tie
+    from transformers import AutoModelForSequenceClassification
+
+    rm_model = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+
+    def reward(q: str, a: str) -> float:
+        enc = tok(q, a, return_tensors="pt")
+        with torch.no_grad():
+            return float(rm_model(**enc).logits[0, 0])
+
+    pairs = [(f"q{i}", a, b) for i, (a, b) in enumerate(zip(["the cat sat", "hello there", "yes"],
+                                                            ["a dog ran", "hello", "no way"]))]
+    sig = [1 / (1 + math.exp(-(reward(q, a) - reward(q, b)))) for q, a, b in pairs]
+    by_hand = ["win" if x > 0.55 else "lose" if x < 0.45 else "tie" for x in sig]
     rm = report["reward_model"]
-    assert rm["n"] == 3 and math.isclose(rm["win"] + rm["lose"] + rm["tie"], 100)
-    assert report["llm_judge"]["n"] == 3 and report["llm_judge"]["unreadable_verdicts"] <= 6
+    assert rm["n"] == 3
+    for outcome in ("win", "lose", "tie"):
+        assert math.isclose(rm[outcome], 100 * by_hand.count(outcome) / 3, abs_tol=1e-9), (outcome, by_hand, rm)
+    # the chat judge's verdicts, recomputed with the same greedy judge: unreadable ones are counted, and read
+    # as ties (never as a win or a loss)
+    from zoo.judge import hf_chat_judge
+
+    judge = hf_chat_judge(str(judge_dir))
+    results = [judge_both_orders(judge, "dialogue", q, a, b) for q, a, b in pairs]
+    unreadable = sum(v is None for _, verdicts in results for v in verdicts)
+    llm = report["llm_judge"]
+    assert llm["n"] == 3 and llm["unreadable_verdicts"] == unreadable
+    assert [llm["win"], llm["lose"], llm["tie"]] == [100 * sum(o == k for o, _ in results) / 3
+                                                    for k in ("win", "lose", "tie")]
     assert report["rouge_ours"]["rougeL"] > report["rouge_theirs"]["rougeL"]
     assert json.loads((tmp_path / "report.json").read_text())["pairs"] == 3
     # a file against itself: every reward difference is 0, σ = 0.5, all ties

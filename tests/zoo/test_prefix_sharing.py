@@ -1,13 +1,14 @@
-"""Prefix-shared rows (``prompt | chosen | rejected``, 4-D mask) give the same sequence log-probs and the
-same gradients as two padded rows per pair, for SDPA and eager attention; DPO trains the same either way."""
+"""Prefix-shared rows (``prompt | chosen | rejected``, 4-D mask) give the same sequence log-probs, the same
+last-token hidden states and the same gradients as two padded rows per pair, for SDPA and eager attention;
+DPO and the reward model train the same either way."""
 
 import pytest
 import torch
 
-from lightning_modules import DPO
+from lightning_modules import DPO, RewardModel
 from tests.factories import LossRecorder, hh_sample, tiny_kwargs, trainer
 from zoo.collate import IGNORE_INDEX, PadCollator, packed_rows
-from zoo.logprobs import batch_sequence_logprobs, full_logits_reference
+from zoo.logprobs import batch_last_hidden, batch_sequence_logprobs, full_logits_reference, last_token_hidden
 from zoo.tiny import tiny_model
 
 
@@ -64,6 +65,24 @@ def test_packed_equals_padded_logps_and_grads(attn, completions):
     torch.testing.assert_close(lp_b, ref, rtol=1e-6, atol=1e-5)  # sums of ~100: fp32 ulps
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_last_token_hidden_equals_padded(attn):
+    """The reward model's input: each reply's last-token hidden state, packed or padded, and by hand."""
+    model = tiny_model(seed=0, attn_implementation=attn).eval()
+    examples = _examples(completions=2)
+    padded = PadCollator(pad_token_id=0)(examples)
+    packed = PadCollator(pad_token_id=0, share_prompt=True)(examples)
+    with torch.no_grad():
+        a, b = batch_last_hidden(model, padded), batch_last_hidden(model, packed)
+        # by hand: each reply alone, unpadded, its last position
+        for j in range(2):
+            for i, e in enumerate(examples):
+                ids = torch.tensor([e["prompt_ids"] + e["completion_ids"][j]])
+                alone = last_token_hidden(model, ids, torch.ones_like(ids))[0]
+                torch.testing.assert_close(b[j * len(examples) + i], alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_packed_rows_are_not_a_no_op():
     """Sanity check that the test above can fail: a mask letting rejected see chosen changes its log-prob."""
     model = tiny_model(seed=0).eval()
@@ -79,13 +98,17 @@ def test_packed_rows_are_not_a_no_op():
     assert (good[b:] - bad[b:]).abs().max() > 1e-3
 
 
-def test_dpo_trains_the_same_with_and_without_prefix_sharing(tmp_cwd):
+@pytest.mark.parametrize("method", ["dpo", "reward_model"])
+def test_method_trains_the_same_with_and_without_prefix_sharing(tmp_cwd, method):
     def losses(share: bool) -> list[float]:
         import lightning as L
 
         L.seed_everything(0)
         rec = LossRecorder()
-        module = DPO(**tiny_kwargs(), share_prompt=share, ref_cache_dir=None)
+        if method == "dpo":
+            module = DPO(**tiny_kwargs(), share_prompt=share, ref_cache_dir=None)
+        else:
+            module = RewardModel(**tiny_kwargs(), share_prompt=share)
         trainer(tmp_cwd / str(share), 4, callbacks=[rec]).fit(module, datamodule=hh_sample(train=16))
         return rec.losses
 
