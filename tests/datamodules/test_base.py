@@ -7,6 +7,7 @@ import pytest
 
 from datamodules.base import SAMPLES, boolean, number, optional_text, pair_index, required_text
 from datamodules.helpsteer import HelpSteerDataModule
+from datamodules.pku_saferlhf import PKUSafeRLHFDataModule
 from datamodules.real_toxicity import RealToxicityPromptsDataModule
 from datamodules.records_file import RecordsFileDataModule
 from datamodules.tldr import TLDRDataModule
@@ -73,6 +74,7 @@ def test_sample_resolves_per_variant(tmp_cwd):
                   str(SAMPLES / "helpsteer" / "train.handwritten.jsonl")]}
     assert TLDRDataModule(subset="axis", data_files="sample").data_files == {
         "train": [str(SAMPLES / "tldr" / "axis" / "validation.handwritten.jsonl")]}
+    assert PKUSafeRLHFDataModule(form="hub", data_files="sample").data_files["train"][0].endswith("handwritten.jsonl")
     one_file = str(SAMPLES / "real-toxicity-prompts" / "prompts.jsonl.gz")
     assert RealToxicityPromptsDataModule(data_files=one_file).data_files == {"train": [one_file]}
     assert RealToxicityPromptsDataModule().data_files is None  # the hub
