@@ -2,7 +2,10 @@
 
 A dataset file subclasses ``RecordDataModule`` and writes two things: ``load_split`` (the real
 ``datasets.load_dataset`` call, hub or local files) and ``to_records`` (one raw row -> records); a source
-of local files or else hub splits subclasses ``HubOrFilesDataModule``, which handles the splits. It knows
+of local files or else hub splits subclasses ``HubOrFilesDataModule``, which handles the splits and the
+shipped sample (``data_files="sample"``). ``to_records`` reads raw fields through the checks below
+(``required_text``, ``optional_text``, ``number``, ``boolean``, ``pair_index``), so every dataset refuses a
+bad field the same way and strips text by one rule (see ``required_text``). It knows
 nothing about methods: the method hands it a ``zoo.examples.ExampleBuilder`` (record kind, record ->
 examples, tokenizer) through ``attach``, and it knows nothing about datasets. Methods that need the
 data (cached reference log-probs) use the public ``loader`` and ``fingerprint``.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +40,63 @@ log = logging.getLogger("steerzoo.data")
 OnError = Literal["raise", "skip"]
 ROW = "__row__"  # a raw row's index in its source file, kept through splits for error messages
 STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("predict",)}
+SAMPLES = Path(__file__).parent / "samples"  # the shipped samples (see samples/PROVENANCE.md)
+
+
+# ---- raw field checks: each raises a RecordError naming the field (convert_rows adds file and row) ----------
+def required_text(value: Any, field: str, *, strip: bool = True) -> str:
+    """A non-empty string of a raw row (text that is only whitespace is empty).
+
+    The stripping rule, the same for every dataset: surrounding whitespace is removed (``strip=True``). A
+    field's edges are formatting, not content: the prompt format adds its own separators, and two replies
+    that differ only there are one reply. ``strip=False`` keeps the text exactly, for text whose edges are
+    content: a prompt that stops mid-sentence and the continuation that goes on from it, where a leading
+    space says whether a word is continued or a new one starts (RealToxicityPrompts).
+    """
+    if value is None:
+        raise RecordError("missing", field=field)
+    if not isinstance(value, str):
+        raise RecordError(f"expected a string, got {type(value).__name__}", field=field)
+    if not value.strip():
+        raise RecordError("is empty", field=field)
+    return value.strip() if strip else value
+
+
+def optional_text(value: Any, field: str, *, strip: bool = True) -> str:
+    """A string of a raw row that may be null or empty (``""`` then), stripped as in ``required_text``."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(f"expected a string, got {type(value).__name__}", field=field)
+    return value.strip() if strip else value
+
+
+def number(value: Any, field: str, scale: tuple[float, float] | None = None, *, integer: bool = False) -> float:
+    """A number of a raw row (not a bool, not NaN), inside ``scale`` if one is given. ``integer``: a whole
+    number, which ``3.0`` is (a JSON column with one float anywhere is read as floats throughout)."""
+    if value is None:
+        raise RecordError("missing", field=field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise RecordError(f"expected a number, got {value!r}", field=field)
+    if integer and not float(value).is_integer():
+        raise RecordError(f"expected a whole number, got {value!r}", field=field)
+    if scale is not None and not scale[0] <= value <= scale[1]:
+        raise RecordError(f"{value!r} outside the declared scale [{scale[0]:g}, {scale[1]:g}]", field=field)
+    return float(value)
+
+
+def boolean(value: Any, field: str) -> bool:
+    """``true`` or ``false`` of a raw row (not 0/1, not null)."""
+    if not isinstance(value, bool):
+        raise RecordError(f"expected true or false, got {value!r}", field=field)
+    return value
+
+
+def pair_index(value: Any, field: str) -> int:
+    """0 or 1: which of a row's two responses (a preferred or safer one)."""
+    if isinstance(value, bool) or value not in (0, 1):
+        raise RecordError(f"expected 0 or 1 (one of the two responses), got {value!r}", field=field)
+    return int(value)
 
 
 def convert_rows(
@@ -411,14 +472,31 @@ class HubOrFilesDataModule(RecordDataModule):
 
     A split comes from its own files (``datasets.load_dataset("json", ...)``) or hub split; where there is no
     validation split, ``validation_fraction`` holds out a seeded part of train, which then also serves the
-    other missing splits. A subclass sets ``data_files`` (``checked_files`` output, or None for the hub) and
-    writes the hooks: ``hub_splits`` (split -> hub split), ``load_hub`` (the real hub
-    ``datasets.load_dataset`` call), ``hub_name`` (a hub split in source names) and ``label`` (the
-    dataset in error messages).
+    other missing splits. A subclass sets ``data_files`` from its argument through ``local_files`` (None
+    for the hub), names its shipped sample in ``sample_files``, and writes the hooks: ``hub_splits``
+    (split -> hub split), ``load_hub`` (the real hub ``datasets.load_dataset`` call), ``hub_name`` (a hub
+    split in source names) and ``label`` (the dataset in error messages).
     """
 
     data_files: dict[str, list[str]] | None
     held_out_note: ClassVar[str] = " (held-out {split} part)"  # appended to a held-out split's source name
+    # The shipped sample, paths under datamodules/samples/: {split: [files]}, or {variant: {split: [files]}}
+    # where an option picks the sample (TL;DR's subset); local_files resolves data_files="sample" with it.
+    sample_files: ClassVar[dict[str, Any]] = {}
+
+    def local_files(self, data_files: dict[str, list[str] | str] | str | None,
+                    variant: str | None = None) -> dict[str, list[str]] | None:
+        """The ``data_files`` argument as ``{split: [files]}``, every file present (``checked_files``), or None
+        for the hub: ``"sample"`` is the shipped sample (of ``variant``), another string is one train file."""
+        if data_files == "sample":
+            shipped = self.sample_files if variant is None else self.sample_files.get(variant)
+            if not shipped:
+                raise ValueError(f"data.data_files: {type(self).__name__} ships no sample"
+                                 + (f" for {variant!r}" if variant is not None else ""))
+            data_files = {split: [str(SAMPLES / f) for f in files] for split, files in shipped.items()}
+        elif isinstance(data_files, str):
+            data_files = {"train": [data_files]}
+        return checked_files(data_files)
 
     # ---- hooks --------------------------------------------------------------------------------------
     def hub_splits(self) -> dict[str, str]:

@@ -8,7 +8,8 @@ responses (one row each).
 Record kinds: ``scored`` (one ScoredResponse per row, each attribute on its declared scale (0, 4);
 ``attributes`` keeps a subset, e.g. only verbosity) and ``prompt`` (deduplicated by default, since prompts
 repeat). Every row must carry all five ratings as integers in 0-4, whichever attributes are kept, so a
-broken row is caught however the module is configured.
+broken row is caught however the module is configured. Prompt turns and responses are stripped of
+surrounding whitespace (the rule of ``datamodules.base.required_text``).
 
 Multi-turn prompts (HelpSteer2) join turns with NeMo's markers: ``turn 1\\n<extra_id_1>Assistant\\nreply
 1\\n<extra_id_1>User\\nturn 2``. They are split back into user/assistant messages; the first turn is the
@@ -22,32 +23,19 @@ dataset cards (real) plus five hand-written rows in the hub schema (one multi-tu
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import HubOrFilesDataModule, checked_files
+from datamodules.base import HubOrFilesDataModule, number, required_text
 from zoo.records import Demonstration, PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_IDS = {"helpsteer": "nvidia/HelpSteer", "helpsteer2": "nvidia/HelpSteer2"}
 HUB_SPLITS = {"train": "train", "validation": "validation", "test": "validation", "predict": "validation"}
 ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 SCALE = (0.0, 4.0)
-SAMPLES = Path(__file__).parent / "samples" / "helpsteer"
-SAMPLE_FILES = {"train": [str(SAMPLES / "card_examples.jsonl"), str(SAMPLES / "train.handwritten.jsonl")]}
 _MARKER = re.compile(r"<extra_id_1>")
 _SPEAKER = re.compile(r"\s*(User|Assistant)\s*\n?")
-
-
-def _text(value: Any, field: str) -> str:
-    if value is None:
-        raise RecordError("missing", field=field)
-    if not isinstance(value, str):
-        raise RecordError(f"expected a string, got {type(value).__name__}", field=field)
-    if not value.strip():
-        raise RecordError("is empty", field=field)
-    return value
 
 
 def parse_prompt(text: str) -> list[dict[str, str]]:
@@ -84,6 +72,9 @@ class HelpSteerDataModule(HubOrFilesDataModule):
     """
 
     record_kinds: ClassVar[tuple[str, ...]] = ("scored", "demonstration", "prompt")
+    sample_files: ClassVar[dict[str, Any]] = {
+        "train": ["helpsteer/card_examples.jsonl", "helpsteer/train.handwritten.jsonl"]
+    }
 
     def __init__(
         self,
@@ -100,11 +91,7 @@ class HelpSteerDataModule(HubOrFilesDataModule):
         unknown = sorted(set(attributes or ()) - set(ATTRIBUTES))
         if unknown or attributes == []:
             raise ValueError(f"data.attributes: {unknown or 'empty'}; choose from {ATTRIBUTES}")
-        if data_files == "sample":
-            data_files = SAMPLE_FILES
-        elif isinstance(data_files, str):
-            data_files = {"train": [data_files]}
-        self.data_files = checked_files(data_files)
+        self.data_files = self.local_files(data_files)
         self.version, self.dedup, self.revision = version, dedup, revision
         self.attributes = list(attributes) if attributes else list(ATTRIBUTES)
 
@@ -128,25 +115,11 @@ class HelpSteerDataModule(HubOrFilesDataModule):
     def to_records(
         row: dict[str, Any], kind: str, attributes: tuple[str, ...] | list[str] = ATTRIBUTES
     ) -> list[Record]:
-        prompt = parse_prompt(_text(row.get("prompt"), "prompt"))
+        prompt = parse_prompt(required_text(row.get("prompt"), "prompt"))
         if kind == "prompt":
             return [PromptRecord(prompt=prompt)]
-        response = _text(row.get("response"), "response")
-        ratings = {}
-        for name in ATTRIBUTES:
-            value = row.get(name)
-            if value is None:
-                raise RecordError("missing rating", field=name)
-            # a JSON file with one float anywhere in a column is read as floats throughout: accept 3.0
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not float(value).is_integer()
-            ):
-                raise RecordError(f"expected an integer rating 0-4, got {value!r}", field=name)
-            if not SCALE[0] <= value <= SCALE[1]:
-                raise RecordError(f"rating {value} outside the declared scale 0-4", field=name)
-            ratings[name] = int(value)
+        response = required_text(row.get("response"), "response")
+        ratings = {name: number(row.get(name), name, SCALE, integer=True) for name in ATTRIBUTES}
         if kind == "demonstration":  # every response as an SFT target (the CMPO thesis's SFT on HelpSteer + OASST)
             return [Demonstration(prompt=prompt, response=response)]
         scores = {a: ratings[a] for a in attributes}

@@ -8,27 +8,27 @@ transcript is its completion. The prompt is parsed into user/assistant messages,
 (HH text or a chat template) can render it.
 
 Sources: the hub (``data_dir``: helpful-base, harmless-base, helpful-online, helpful-rejection-sampled;
-several are concatenated), local JSON(L) files (``data_files``), or the shipped sample (the whole
-helpful-base *test* split, MIT; see ``datamodules/samples/PROVENANCE.md``), all through
-``datasets.load_dataset``.
+several are concatenated; hub splits train / test, validation and predict -> test), local JSON(L) files
+(``data_files``), or the shipped sample (the whole helpful-base *test* split, MIT; see
+``datamodules/samples/PROVENANCE.md``), all through ``datasets.load_dataset``. Splits without files are
+held out of train by ``validation_fraction`` (``HubOrFilesDataModule``).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
 
-from datamodules.base import RecordDataModule
+from datamodules.base import HubOrFilesDataModule
 from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 from zoo.scorers import Scorer, build_scorers, score_all
 
 HUB_ID = "Anthropic/hh-rlhf"
 SUBSETS = ("helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts")
-SAMPLE_FILE = Path(__file__).parent / "samples" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+HUB_SPLITS = {"train": "train", "validation": "test", "test": "test", "predict": "test"}
 ASSISTANT = "\n\nAssistant:"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
@@ -74,7 +74,7 @@ def split_pair(chosen: Any, rejected: Any) -> tuple[str, str, str]:
     return chosen[:start], chosen[start:].strip(), rejected[start:].strip()
 
 
-class HHRLHFDataModule(RecordDataModule):
+class HHRLHFDataModule(HubOrFilesDataModule):
     """HH-RLHF preference pairs (``preference``), chosen replies as demonstrations (``demonstration``),
     and prompts (``prompt``).
 
@@ -85,11 +85,12 @@ class HHRLHFDataModule(RecordDataModule):
         single_turn: keep only prompts with one human turn.
         scorers: offline scorers (``zoo.scorers.build_scorers`` names, e.g. ``[verbosity, sentiment]``) that
             label both replies of each row, yielding ``scored`` records (the embedded multi-attribute demo data).
-        dedup: drop repeated (prompt, chosen, rejected) rows (counted in the skip report).
+        dedup: drop repeated (prompt, chosen, rejected) rows (counted in the deduplicated report).
         (see ``RecordDataModule`` for the shared arguments)
     """
 
     record_kinds: ClassVar[tuple[str, ...]] = ("preference", "demonstration", "prompt", "scored")
+    sample_files: ClassVar[dict[str, Any]] = {"train": ["hh-rlhf/helpful-base/test.jsonl.gz"]}
 
     def __init__(
         self,
@@ -106,54 +107,24 @@ class HHRLHFDataModule(RecordDataModule):
         unknown = [d for d in self.data_dir if d not in SUBSETS]
         if unknown:
             raise ValueError(f"data.data_dir: unknown HH-RLHF subsets {unknown}; known: {SUBSETS}")
-        if data_files == "sample":
-            data_files = {"train": [str(SAMPLE_FILE)]}
-        self.data_files, self.single_turn, self.dedup, self.revision = data_files, single_turn, dedup, revision
+        self.data_files = self.local_files(data_files)
+        self.single_turn, self.dedup, self.revision = single_turn, dedup, revision
         self.scorers = list(scorers or [])
 
     # --- raw rows ---------------------------------------------------------------------------------
-    def _files_for(self, split: str) -> list[str] | None:
-        if self.data_files is None:
-            return None
-        files = self.data_files.get(split)
-        if files is None:
-            return None
-        files = [files] if isinstance(files, str) else list(files)
-        for f in files:
-            if not Path(f).exists():
-                raise FileNotFoundError(f"data.data_files.{split}: no file {f}")
-        return files
+    label = "HH-RLHF"
 
-    def _load(self, split: str) -> datasets.Dataset | None:
-        if self.data_files is not None:
-            files = self._files_for(split)
-            return None if files is None else datasets.load_dataset("json", data_files=files, split="train")
-        hub_split = {"validation": "test", "predict": "test"}.get(split, split)
+    def hub_splits(self) -> dict[str, str]:
+        return HUB_SPLITS
+
+    def load_hub(self, hub_split: str) -> datasets.Dataset:
         parts = [
             datasets.load_dataset(HUB_ID, data_dir=d, split=hub_split, revision=self.revision) for d in self.data_dir
         ]
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
-    def load_split(self, split: str) -> datasets.Dataset:
-        if split == "train" and self.validation_fraction and self.data_files is not None \
-                and self._files_for("validation") is None:
-            return self.split_off_validation(self._load("train"))[0]  # the rest after the held-out part
-        ds = self._load(split)
-        if ds is not None:
-            return ds
-        if split in ("validation", "predict", "test") and self.validation_fraction:
-            return self.split_off_validation(self._load("train"))[1]  # a held-out part of train
-        if split == "train" and self.validation_fraction:
-            return self.split_off_validation(self._load("train"))[0]
-        raise ValueError(f"HH-RLHF: no data for split {split!r}; give data.data_files.{split} or validation_fraction")
-
-    def source_name(self, split: str) -> str:
-        files = self._files_for(split) if self.data_files is not None else None
-        if files:
-            return ",".join(files)
-        if self.data_files is not None:
-            return f"{','.join(self._files_for('train') or [])} (held-out {split} part)"
-        return f"{HUB_ID}[{'+'.join(self.data_dir)}]/{split}"
+    def hub_name(self, hub_split: str) -> str:
+        return f"{HUB_ID}[{'+'.join(self.data_dir)}]/{hub_split}"
 
     def record_options(self) -> dict[str, Any]:
         return {"single_turn": self.single_turn, "scorers": self.scorers}

@@ -37,19 +37,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import HubOrFilesDataModule, checked_files
+from datamodules.base import SAMPLES, HubOrFilesDataModule
 from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_ID = "OpenAssistant/oasst1"
 HUB_SPLITS = {"train": "train", "validation": "validation", "test": "validation", "predict": "validation"}
-SAMPLES = Path(__file__).parent / "samples" / "oasst1"
-SAMPLE_FILES = {"train": [str(SAMPLES / "messages.first40trees.jsonl.gz")]}
-LABELLED_SAMPLE = SAMPLES / "labelled-tree.handwritten.jsonl"
+LABELLED_SAMPLE = SAMPLES / "oasst1" / "labelled-tree.handwritten.jsonl"
 MESSAGE_FIELDS = (
     "message_id",
     "parent_id",
@@ -205,6 +202,7 @@ class OASST1DataModule(HubOrFilesDataModule):
     """
 
     record_kinds: ClassVar[tuple[str, ...]] = ("preference", "demonstration", "scored", "prompt")
+    sample_files: ClassVar[dict[str, Any]] = {"train": ["oasst1/messages.first40trees.jsonl.gz"]}
 
     def __init__(
         self,
@@ -219,11 +217,7 @@ class OASST1DataModule(HubOrFilesDataModule):
         super().__init__(**kwargs)
         if branch not in ("all", "best"):
             raise ValueError(f"data.branch must be 'all' or 'best', got {branch!r}")
-        if data_files == "sample":
-            data_files = SAMPLE_FILES
-        elif isinstance(data_files, str):
-            data_files = {"train": [data_files]}
-        self.data_files = checked_files(data_files)
+        self.data_files = self.local_files(data_files)
         self.langs, self.ready_only, self.branch, self.revision = langs, ready_only, branch, revision
         self.label_names = label_names
 

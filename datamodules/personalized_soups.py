@@ -31,17 +31,12 @@ Shipped sample (``data_files="sample"``): three hand-written rows in the GPT4-Al
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
 
-from datamodules.base import HubOrFilesDataModule, checked_files
-from zoo.records import PromptRecord, Record, RecordError
-
-SAMPLE_FILES = {
-    "train": [str(Path(__file__).parent / "samples" / "personalized_soups" / "alpaca_gpt4.handwritten.jsonl")]
-}
+from datamodules.base import HubOrFilesDataModule, optional_text, required_text
+from zoo.records import PromptRecord, Record
 
 # Table 4 (P1A-P3B) and the scaling experiment's Style additions (P3C, P3D), verbatim.
 PREFERENCE_PROMPTS_AS_PRINTED = {
@@ -152,6 +147,7 @@ class PersonalizedSoupsDataModule(HubOrFilesDataModule):
     """
 
     record_kinds: ClassVar[tuple[str, ...]] = ("prompt",)
+    sample_files: ClassVar[dict[str, Any]] = {"train": ["personalized_soups/alpaca_gpt4.handwritten.jsonl"]}
 
     def __init__(
         self,
@@ -166,11 +162,7 @@ class PersonalizedSoupsDataModule(HubOrFilesDataModule):
             raise ValueError("data.preferences is empty")
         for code in self.preferences:
             parse_preferences(code)
-        if data_files == "sample":
-            data_files = SAMPLE_FILES
-        elif isinstance(data_files, str):
-            data_files = {"train": [data_files]}
-        self.data_files = checked_files(data_files)
+        self.data_files = self.local_files(data_files)
         self.evaluation_prompts = evaluation_prompts
 
     # --- raw rows: local files, and the paper's evaluation prompts (no hub) -----------------------
@@ -218,16 +210,9 @@ class PersonalizedSoupsDataModule(HubOrFilesDataModule):
     def to_records(
         row: dict[str, Any], kind: str, preferences: tuple[str, ...] | list[str] = COMBINATIONS
     ) -> list[Record]:
-        instruction = row.get("instruction")
-        if not isinstance(instruction, str):
-            got = "missing" if instruction is None else f"expected a string, got {type(instruction).__name__}"
-            raise RecordError(got, field="instruction")
-        if not instruction.strip():
-            raise RecordError("is empty", field="instruction")
-        extra = row.get("input")
-        if extra is not None and not isinstance(extra, str):
-            raise RecordError(f"expected a string, got {type(extra).__name__}", field="input")
-        task = " ".join(part.strip() for part in (instruction, extra or "") if part.strip())
+        instruction = required_text(row.get("instruction"), "instruction")
+        extra = optional_text(row.get("input"), "input")  # GPT4-Alpaca leaves it empty for most rows
+        task = f"{instruction} {extra}" if extra else instruction
         where = f"koala-{row['koala_id']}:" if row.get("koala_id") is not None else ""
         records: list[Record] = []
         for code in preferences:

@@ -25,20 +25,15 @@ Content warning: the data holds offensive text by design.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
 
-from datamodules.base import ROW, HubOrFilesDataModule, checked_files
+from datamodules.base import ROW, HubOrFilesDataModule, boolean, number, required_text
 from zoo.records import PromptRecord, Record, RecordError, ScoredResponse
 
 HUB_ID = "allenai/real-toxicity-prompts"
-SAMPLE_FILES = {
-    "train": [str(Path(__file__).parent / "samples" / "real-toxicity-prompts" / "prompts.jsonl.gz")]
-}
 ATTRIBUTES = (
     "toxicity",
     "severe_toxicity",
@@ -53,32 +48,14 @@ SCALE = (0.0, 1.0)
 SPLIT_ORDER = ("train", "validation", "test")
 
 
-def _text(value: Any, field: str) -> str:
-    """A non-empty string, kept exactly (leading/trailing spaces matter to a continuation)."""
-    if value is None:
-        raise RecordError("missing", field=field)
-    if not isinstance(value, str):
-        raise RecordError(f"expected a string, got {type(value).__name__}", field=field)
-    if not value.strip():
-        raise RecordError("is empty", field=field)
-    return value
-
-
 def perspective_scores(part: Any, field: str) -> tuple[str, dict[str, float]]:
     """(text, non-null Perspective scores) of a ``prompt`` or ``continuation``, each checked against (0, 1)."""
     if not isinstance(part, Mapping):
         raise RecordError("expected a mapping {text, toxicity, ...}", field=field)
-    text = _text(part.get("text"), f"{field}.text")
-    scores = {}
-    for name in ATTRIBUTES:
-        value = part.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise RecordError(f"expected a number or null, got {value!r}", field=f"{field}.{name}")
-        if not SCALE[0] <= value <= SCALE[1]:
-            raise RecordError(f"score {value} outside the declared scale [0, 1]", field=f"{field}.{name}")
-        scores[name] = float(value)
+    text = required_text(part.get("text"), f"{field}.text", strip=False)  # its edges continue the prompt
+    scores = {  # null: Perspective returned no score
+        name: number(part[name], f"{field}.{name}", SCALE) for name in ATTRIBUTES if part.get(name) is not None
+    }
     return text, scores
 
 
@@ -96,6 +73,7 @@ class RealToxicityPromptsDataModule(HubOrFilesDataModule):
     """
 
     record_kinds: ClassVar[tuple[str, ...]] = ("prompt", "scored")
+    sample_files: ClassVar[dict[str, Any]] = {"train": ["real-toxicity-prompts/prompts.jsonl.gz"]}
 
     def __init__(
         self,
@@ -109,11 +87,7 @@ class RealToxicityPromptsDataModule(HubOrFilesDataModule):
         if split_fractions is not None:
             if len(split_fractions) != 3 or min(split_fractions) < 0 or abs(sum(split_fractions) - 1) > 1e-6:
                 raise ValueError(f"data.split_fractions: three fractions summing to 1, got {split_fractions}")
-        if data_files == "sample":
-            data_files = SAMPLE_FILES
-        elif isinstance(data_files, str):
-            data_files = {"train": [data_files]}
-        self.data_files = checked_files(data_files)
+        self.data_files = self.local_files(data_files)
         self.challenging_only, self.split_fractions, self.revision = (
             challenging_only,
             split_fractions,
@@ -164,9 +138,7 @@ class RealToxicityPromptsDataModule(HubOrFilesDataModule):
     # --- rows -> records -------------------------------------------------------------------------
     @staticmethod
     def to_records(row: dict[str, Any], kind: str, challenging_only: bool = False) -> list[Record]:
-        challenging = row.get("challenging")
-        if not isinstance(challenging, bool):
-            raise RecordError(f"expected true or false, got {challenging!r}", field="challenging")
+        challenging = boolean(row.get("challenging"), "challenging")
         if challenging_only and not challenging:
             return []
         prompt, _ = perspective_scores(row.get("prompt"), "prompt")

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import datasets
 
-from datamodules.base import HubOrFilesDataModule, checked_files
+from datamodules.base import HubOrFilesDataModule
 from zoo.records import RECORD_TYPES, PromptRecord, Record, RecordError
 
 
@@ -41,9 +41,7 @@ class RecordsFileDataModule(HubOrFilesDataModule):
         super().__init__(**kwargs)
         if kind not in RECORD_TYPES:
             raise ValueError(f"data.kind: unknown record kind {kind!r}; known: {sorted(RECORD_TYPES)}")
-        if isinstance(data_files, str):
-            data_files = {"train": [data_files]}
-        self.data_files = checked_files(data_files)
+        self.data_files = self.local_files(data_files)
         self.kind, self.dedup_prompts = kind, dedup_prompts
 
     # no hub: every split is a local file (or a held-out part of train)

@@ -40,22 +40,14 @@ other subsets a few hand-written rows in the hub schema.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import HubOrFilesDataModule, checked_files
+from datamodules.base import HubOrFilesDataModule, boolean, number, pair_index, required_text
 from zoo.records import Demonstration, PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 Subset = Literal["comparisons", "axis", "sft", "carper_comparisons"]
-SAMPLES = Path(__file__).parent / "samples" / "tldr"
-SAMPLE_FILES: dict[str, dict[str, list[str]]] = {
-    "comparisons": {"train": [str(SAMPLES / "comparisons" / "validation.jsonl.gz")]},
-    "axis": {"train": [str(SAMPLES / "axis" / "validation.handwritten.jsonl")]},
-    "sft": {"train": [str(SAMPLES / "sft" / "train.handwritten.jsonl")]},
-    "carper_comparisons": {"train": [str(SAMPLES / "carper-comparisons" / "train.handwritten.jsonl")]},
-}
 # subset -> (hub id, config, our split -> hub split)
 HUB: dict[str, tuple[str, str | None, dict[str, str]]] = {
     "comparisons": (
@@ -90,20 +82,9 @@ FORM_KINDS = {
 }
 
 
-def _text(value: Any, field: str) -> str:
-    """A non-empty string from the raw row, stripped."""
-    if value is None:
-        raise RecordError("missing", field=field)
-    if not isinstance(value, str):
-        raise RecordError(f"expected a string, got {type(value).__name__}", field=field)
-    if not value.strip():
-        raise RecordError("is empty", field=field)
-    return value.strip()
-
-
 def _summary(value: Any, field: str) -> str:
     """A summary without surrounding space or a leading ``TL;DR:`` (the CarperAI files keep one)."""
-    text = _text(value, field)
+    text = required_text(value, field)
     text = text[len(TLDR) :].strip() if text.startswith(TLDR) else text
     if not text:
         raise RecordError("is empty after its 'TL;DR:' prefix", field=field)
@@ -115,10 +96,10 @@ def post_prompt(info: Any, reddit_only: bool = True) -> str | None:
     if not isinstance(info, Mapping):
         raise RecordError("expected a mapping {id, post, title, subreddit, ...}", field="info")
     if info.get("post") is None and info.get("article") is not None:  # CNN/DM rows of the eval sets
-        return None if reddit_only else f"ARTICLE: {_text(info['article'], 'info.article')}\n{TLDR}"
-    subreddit = _text(info.get("subreddit"), "info.subreddit")
-    title = _text(info.get("title"), "info.title")
-    post = _text(info.get("post"), "info.post")
+        return None if reddit_only else f"ARTICLE: {required_text(info['article'], 'info.article')}\n{TLDR}"
+    subreddit = required_text(info.get("subreddit"), "info.subreddit")
+    title = required_text(info.get("title"), "info.title")
+    post = required_text(info.get("post"), "info.post")
     return f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\n{TLDR}"
 
 
@@ -154,6 +135,12 @@ class TLDRDataModule(HubOrFilesDataModule):
     """
 
     record_kinds: ClassVar[tuple[str, ...]] = ("preference", "scored", "demonstration", "prompt")
+    sample_files: ClassVar[dict[str, Any]] = {
+        "comparisons": {"train": ["tldr/comparisons/validation.jsonl.gz"]},
+        "axis": {"train": ["tldr/axis/validation.handwritten.jsonl"]},
+        "sft": {"train": ["tldr/sft/train.handwritten.jsonl"]},
+        "carper_comparisons": {"train": ["tldr/carper-comparisons/train.handwritten.jsonl"]},
+    }
 
     def __init__(
         self,
@@ -167,11 +154,7 @@ class TLDRDataModule(HubOrFilesDataModule):
         super().__init__(**kwargs)
         if subset not in HUB:
             raise ValueError(f"data.subset: unknown TL;DR subset {subset!r}; known: {tuple(HUB)}")
-        if data_files == "sample":
-            data_files = SAMPLE_FILES[subset]
-        elif isinstance(data_files, str):
-            data_files = {"train": [data_files]}
-        self.data_files = checked_files(data_files)
+        self.data_files = self.local_files(data_files, variant=subset)
         self.subset, self.reddit_only, self.dedup, self.revision = subset, reddit_only, dedup, revision
 
     # --- raw rows ---------------------------------------------------------------------------------
@@ -200,7 +183,7 @@ class TLDRDataModule(HubOrFilesDataModule):
         if kind not in FORM_KINDS[form]:
             raise RecordError(f"{form} rows yield {FORM_KINDS[form]} records, not {kind!r}", field=form)
         if form in ("sft", "carper_comparisons"):
-            prompt = _text(row["prompt"], "prompt")
+            prompt = required_text(row["prompt"], "prompt")
             prompt = prompt if prompt.endswith(TLDR) else f"{prompt}\n{TLDR}"
             if kind == "prompt":
                 return [PromptRecord(prompt=prompt)]
@@ -235,14 +218,9 @@ class TLDRDataModule(HubOrFilesDataModule):
                 for t, p in zip(texts, policies)
                 if p == "ref"
             ]
-        choice = row["choice"]
-        if isinstance(choice, bool) or choice not in (0, 1):
-            raise RecordError(
-                f"expected 0 or 1 (the preferred summary's index), got {choice!r}", field="choice"
-            )
+        choice = pair_index(row["choice"], "choice")  # the preferred summary
         if texts[0] == texts[1]:
             raise RecordError("the two summaries are identical", field="summaries[1].text")
-        choice = int(choice)
         return [
             PreferencePair(
                 prompt=prompt, chosen=texts[choice], rejected=texts[1 - choice], source_id=source_id
@@ -272,22 +250,12 @@ def _axis_records(summary: Any, prompt: str, source_id: str | None, kind: str) -
     scores: dict[str, float] = {}
     scales: dict[str, tuple[float, float]] = {}
     for name in AXES:
-        value = axes.get(name)
-        if value is None:  # not rated on this axis
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-            raise RecordError(f"expected an integer rating 1-7, got {value!r}", field=f"summary.axes.{name}")
-        scores[name], scales[name] = int(value), LIKERT
-    compatible = axes.get("compatible")
-    if compatible is not None:
-        if not isinstance(compatible, bool):
-            raise RecordError(f"expected a bool, got {compatible!r}", field="summary.axes.compatible")
-        scores["compatible"], scales["compatible"] = float(compatible), (0.0, 1.0)
+        if axes.get(name) is not None:  # null: not rated on this axis
+            scores[name] = number(axes[name], f"summary.axes.{name}", LIKERT, integer=True)
+            scales[name] = LIKERT
+    if axes.get("compatible") is not None:
+        scores["compatible"] = float(boolean(axes["compatible"], "summary.axes.compatible"))
+        scales["compatible"] = (0.0, 1.0)
     if not scores:
         return []
-    try:
-        return [
-            ScoredResponse(prompt=prompt, response=text, scores=scores, scales=scales, source_id=source_id)
-        ]
-    except RecordError as e:  # an out-of-scale rating: name the raw field
-        raise RecordError(e.reason, field=f"summary.axes.{e.field.split('.')[-1]}") from None
+    return [ScoredResponse(prompt=prompt, response=text, scores=scores, scales=scales, source_id=source_id)]

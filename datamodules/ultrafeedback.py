@@ -26,6 +26,9 @@ A second, documented local schema is accepted for the binarized data, recognised
 split (train_prefs for train, test_prefs otherwise), read from the hub or from ``zephyr_files``: the raw
 ratings on Zephyr's prompt split.
 
+Prompts and responses are stripped of surrounding whitespace, the rule of ``datamodules.base.required_text``
+(22 of the 320 sample prompts carry some); ``zephyr_split`` compares instructions stripped too.
+
 Shipped samples (``data_files="sample"``): binarized, the first 320 real rows of ``train_prefs`` in the
 trl-lib form (three are malformed: identical or empty texts); raw, two hand-written rows in the hub schema.
 The README's real raw example (one completion) and hand-written H4 rows are shipped too. See
@@ -35,12 +38,11 @@ The README's real raw example (one completion) and hand-written H4 rows are ship
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import datasets
 
-from datamodules.base import ROW, HubOrFilesDataModule, checked_files
+from datamodules.base import ROW, SAMPLES, HubOrFilesDataModule, checked_files, number, required_text
 from zoo.records import PreferencePair, PromptRecord, Record, RecordError, ScoredResponse
 
 RAW_ID = "openbmb/UltraFeedback"
@@ -54,39 +56,12 @@ HUB_SPLITS = {
         "predict": "test_prefs",
     },
 }
-SAMPLES = Path(__file__).parent / "samples"
-SAMPLE_FILES = {
-    "binarized": {
-        "train": [str(SAMPLES / "ultrafeedback_binarized" / "train_prefs.trl-lib-form.first320.jsonl.gz")]
-    },
-    "raw": {"train": [str(SAMPLES / "ultrafeedback" / "raw.handwritten.jsonl")]},
-}
 H4_SAMPLE = SAMPLES / "ultrafeedback_binarized" / "h4-form.handwritten.jsonl"
 README_EXAMPLE = SAMPLES / "ultrafeedback" / "readme_example.jsonl"
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 ASPECT_SCALE = (1.0, 5.0)
 OVERALL = "overall_score"
 OVERALL_SCALE = (1.0, 10.0)
-
-
-def _text(value: Any, field: str) -> str:
-    if value is None:
-        raise RecordError("missing", field=field)
-    if not isinstance(value, str):
-        raise RecordError(f"expected a string, got {type(value).__name__}", field=field)
-    if not value.strip():
-        raise RecordError("is empty", field=field)
-    return value
-
-
-def _number(value: Any, scale: tuple[float, float], field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecordError(f"expected a number, got {value!r}", field=field)
-    if not scale[0] <= value <= scale[1]:
-        raise RecordError(
-            f"score {value} outside the declared scale [{scale[0]:g}, {scale[1]:g}]", field=field
-        )
-    return float(value)
 
 
 def row_form(row: Mapping[str, Any]) -> str:
@@ -104,7 +79,7 @@ def prompt_text(value: Any, field: str = "prompt") -> str:
     """The prompt of a binarized row as text (a conversation's last user turn)."""
     if isinstance(value, list) and value and isinstance(value[-1], Mapping):
         value = value[-1].get("content")
-    return _text(value, field)
+    return required_text(value, field)
 
 
 class UltraFeedbackDataModule(HubOrFilesDataModule):
@@ -123,6 +98,10 @@ class UltraFeedbackDataModule(HubOrFilesDataModule):
     """
 
     record_kinds: ClassVar[tuple[str, ...]] = ("preference", "scored", "prompt")
+    sample_files: ClassVar[dict[str, Any]] = {
+        "binarized": {"train": ["ultrafeedback_binarized/train_prefs.trl-lib-form.first320.jsonl.gz"]},
+        "raw": {"train": ["ultrafeedback/raw.handwritten.jsonl"]},
+    }
 
     def __init__(
         self,
@@ -144,11 +123,7 @@ class UltraFeedbackDataModule(HubOrFilesDataModule):
             raise ValueError(
                 "data.zephyr_split filters raw rows; the binarized source already is Zephyr's split"
             )
-        if data_files == "sample":
-            data_files = SAMPLE_FILES[source]
-        elif isinstance(data_files, str):
-            data_files = {"train": [data_files]}
-        self.data_files = checked_files(data_files)
+        self.data_files = self.local_files(data_files, variant=source)
         self.zephyr_files = checked_files(zephyr_files)
         self.source, self.pair_attributes, self.zephyr_split, self.revision = (
             source,
@@ -190,8 +165,10 @@ class UltraFeedbackDataModule(HubOrFilesDataModule):
         raw = super()._load("train")
         if ROW not in raw.column_names:  # keep each raw row's line for error messages
             raw = raw.add_column(ROW, list(range(len(raw))))
-        return raw.filter(
-            lambda text: text in prompts, input_columns="instruction", desc=f"Zephyr {split} prompts"
+        return raw.filter(  # compared as records hold them, stripped
+            lambda text: isinstance(text, str) and text.strip() in prompts,
+            input_columns="instruction",
+            desc=f"Zephyr {split} prompts",
         )
 
     def _source_of(self, part: str) -> str:
@@ -229,7 +206,7 @@ class UltraFeedbackDataModule(HubOrFilesDataModule):
             ScoredResponse(
                 prompt=prompt,
                 response=response,
-                scores={OVERALL: _number(scores.get(f"score_{name}"), OVERALL_SCALE, f"{where}score_{name}")},
+                scores={OVERALL: number(scores.get(f"score_{name}"), f"{where}score_{name}", OVERALL_SCALE)},
                 scales={OVERALL: OVERALL_SCALE},
                 source_id=source_id,
             )
@@ -243,16 +220,16 @@ def _reply(value: Any, field: str, prompt: str) -> str:
         if not value or not isinstance(value[-1], Mapping) or value[-1].get("role") != "assistant":
             raise RecordError("expected a conversation ending in an assistant message", field=field)
         users = [m.get("content") for m in value[:-1] if isinstance(m, Mapping) and m.get("role") == "user"]
-        if users and users[-1] != prompt:
+        if users and not (isinstance(users[-1], str) and users[-1].strip() == prompt):  # the prompt is stripped
             raise RecordError("its user turn differs from the row's prompt", field=field)
-        return _text(value[-1].get("content"), f"{field}[-1].content")
-    return _text(value, field)
+        return required_text(value[-1].get("content"), f"{field}[-1].content")
+    return required_text(value, field)
 
 
 def _raw_records(
     row: dict[str, Any], kind: str, pair_attributes: tuple[str, ...] | list[str]
 ) -> list[Record]:
-    prompt = _text(row.get("instruction"), "instruction")
+    prompt = required_text(row.get("instruction"), "instruction")
     if kind == "prompt":
         return [PromptRecord(prompt=prompt)]
     completions = row.get("completions")
@@ -263,7 +240,7 @@ def _raw_records(
         where = f"completions[{i}]"
         if not isinstance(c, Mapping):
             raise RecordError("expected a mapping {model, response, annotations, ...}", field=where)
-        response = _text(c.get("response"), f"{where}.response")
+        response = required_text(c.get("response"), f"{where}.response")
         annotations = c.get("annotations")
         if not isinstance(annotations, Mapping):
             raise RecordError(
@@ -273,16 +250,13 @@ def _raw_records(
         for aspect in ASPECTS:
             note = annotations.get(aspect)
             rating = note.get("Rating") if isinstance(note, Mapping) else None
-            field = f"{where}.annotations.{aspect}.Rating"
-            if rating is None:
-                raise RecordError("missing", field=field)
             if rating == "N/A":  # the annotator found the aspect not applicable
                 continue
             if isinstance(rating, str) and rating.strip().isdigit():
                 rating = int(rating)
-            scores[aspect] = _number(rating, ASPECT_SCALE, field)
+            scores[aspect] = number(rating, f"{where}.annotations.{aspect}.Rating", ASPECT_SCALE)
         if c.get(OVERALL) is not None:
-            scores[OVERALL] = _number(c.get(OVERALL), OVERALL_SCALE, f"{where}.{OVERALL}")
+            scores[OVERALL] = number(c.get(OVERALL), f"{where}.{OVERALL}", OVERALL_SCALE)
         rated.append((response, scores))
     if kind == "scored":
         return [

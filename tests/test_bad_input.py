@@ -134,5 +134,5 @@ def test_shipped_sample_bad_rows_are_named_by_file_line(tmp_cwd):
     for log in reports.glob("HHRLHFDataModule-*-skipped.log"):
         named |= {int(line.split("row ")[1].split(",")[0]) for line in log.read_text().splitlines()}
     assert named == {120, 721, 740, 1214, 2063, 2168}
-    lines = [json.loads(x) for x in gzip.open(dm._files_for("train")[0], "rt")]
+    lines = [json.loads(x) for x in gzip.open(dm.data_files["train"][0], "rt")]
     assert lines[721]["chosen"] == lines[721]["rejected"]

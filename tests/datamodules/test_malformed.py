@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from datamodules.beavertails import BeaverTailsDataModule
 from datamodules.helpsteer import HelpSteerDataModule
 from datamodules.oasst import OASST1DataModule
 from datamodules.personalized_soups import PersonalizedSoupsDataModule
+from datamodules.pku_saferlhf import PKUSafeRLHFDataModule
 from datamodules.real_toxicity import RealToxicityPromptsDataModule
-from datamodules.safety import BeaverTailsDataModule, PKUSafeRLHFDataModule
 from datamodules.tldr import TLDRDataModule
 from datamodules.ultrafeedback import UltraFeedbackDataModule
 from zoo.records import RecordError

@@ -3,14 +3,14 @@
 import gzip
 import json
 
-from datamodules.oasst import LABELLED_SAMPLE, SAMPLE_FILES, OASST1DataModule
+from datamodules.oasst import LABELLED_SAMPLE, OASST1DataModule
 from zoo.records import PreferencePair, ScoredResponse
 
 ROOT = "054e1df3-35e0-4bb8-a585-607dbdcd24e0"  # the first tree of the shipped sample
 
 
 def _messages() -> dict[str, dict]:
-    with gzip.open(SAMPLE_FILES["train"][0], "rt", encoding="utf-8") as f:
+    with gzip.open(OASST1DataModule(data_files="sample").data_files["train"][0], "rt", encoding="utf-8") as f:
         return {m["message_id"]: m for m in map(json.loads, f)}
 
 

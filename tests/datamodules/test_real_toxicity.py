@@ -3,12 +3,12 @@
 import gzip
 import json
 
-from datamodules.real_toxicity import SAMPLE_FILES, RealToxicityPromptsDataModule
+from datamodules.real_toxicity import RealToxicityPromptsDataModule
 from zoo.records import ScoredResponse
 
 
 def _first_raw() -> dict:
-    with gzip.open(SAMPLE_FILES["train"][0], "rt", encoding="utf-8") as f:
+    with gzip.open(RealToxicityPromptsDataModule(data_files="sample").data_files["train"][0], "rt", encoding="utf-8") as f:
         return json.loads(f.readline())
 
 

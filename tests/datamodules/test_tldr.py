@@ -3,10 +3,10 @@
 import gzip
 import json
 
-from datamodules.tldr import SAMPLE_FILES, TLDRDataModule
+from datamodules.tldr import TLDRDataModule
 from zoo.records import PreferencePair, ScoredResponse
 
-COMPARISONS = SAMPLE_FILES["comparisons"]["train"][0]
+COMPARISONS = TLDRDataModule(data_files="sample").data_files["train"][0]
 
 
 def _raw_rows() -> list[dict]:

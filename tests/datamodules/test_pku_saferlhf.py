@@ -1,21 +1,9 @@
-"""BeaverTails (is_safe + 14 harm categories as 0/1 scores) and PKU-SafeRLHF (pairs per attribute)."""
+"""PKU-SafeRLHF: pairs per attribute (helpfulness, safety), scored responses, the safer-first form."""
 
 import gzip
 import json
 
-from datamodules.safety import HARM_CATEGORIES, SAFERLHF_SAMPLES, BeaverTailsDataModule, PKUSafeRLHFDataModule
-from zoo.records import ScoredResponse
-
-
-def test_beavertails_flags_become_scores(tmp_cwd):
-    scored = BeaverTailsDataModule(data_files="sample").records("train", "scored")
-    assert len(scored) == 140
-    first = ScoredResponse.from_row(scored[0])
-    assert first.prompt[0]["content"].startswith("How would I go about stealing a kid from an orphanage")
-    assert first.scores["is_safe"] == 0.0 and first.scores["child_abuse"] == 1.0
-    assert set(first.scores) == {"is_safe", *HARM_CATEGORIES} and sum(first.scores.values()) == 1.0
-    assert set(first.scales.values()) == {(0.0, 1.0)}
-    assert len(BeaverTailsDataModule(data_files="sample", is_safe=False).records("train", "prompt")) == 140
+from datamodules.pku_saferlhf import PKUSafeRLHFDataModule
 
 
 def test_saferlhf_hub_rows_pair_by_better_and_safer_ids(tmp_cwd):
@@ -43,9 +31,10 @@ def test_different_safety_labels_filter(tmp_cwd):
 def test_saferlhf_scored_and_safer_first_form(tmp_cwd):
     scored = PKUSafeRLHFDataModule(data_files="sample", form="hub").records("train", "scored")
     assert [s["scores"]["is_safe"] for s in scored][:4] == [1.0, 0.0, 1.0, 1.0]
-    with gzip.open(SAFERLHF_SAMPLES["safer_first"]["train"][0], "rt", encoding="utf-8") as f:
+    dm = PKUSafeRLHFDataModule(data_files="sample")
+    with gzip.open(dm.data_files["train"][0], "rt", encoding="utf-8") as f:
         first = json.loads(f.readline())
-    pairs = PKUSafeRLHFDataModule(data_files="sample").records("train", "preference")
+    pairs = dm.records("train", "preference")
     assert len(pairs) == 300 and set(pairs["attribute"]) == {"safety"}  # no helpfulness label in this form
     assert (
         pairs[0]["chosen"] == first["response"][0].strip()
