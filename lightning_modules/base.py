@@ -30,7 +30,14 @@ import torch
 from torch import nn
 from transformers import get_scheduler
 
-from zoo.backbone import BackboneConfig, LoraSettings, PromptTuningSettings, load_backbone, load_tokenizer
+from zoo.backbone import (
+    BackboneConfig,
+    LoraSettings,
+    PromptTuningSettings,
+    decoder_layers,
+    load_backbone,
+    load_tokenizer,
+)
 from zoo.collate import TokenizeSettings
 from zoo.examples import ExampleBuilder, code_digest, prompt_examples
 from zoo.preference import Preference
@@ -82,14 +89,14 @@ def as_dataclass(cls: type, value: Any) -> Any:
     return cls(**kwargs)
 
 
-def _plain(obj: Any) -> Any:
+def plain_values(obj: Any) -> Any:
     """Dataclasses -> dicts, tuples -> lists: what ``torch.load(weights_only=True)`` accepts."""
     if dataclasses.is_dataclass(obj):
-        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
+        return {k: plain_values(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain_values(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain_values(v) for v in obj]
     return obj
 
 
@@ -123,11 +130,11 @@ class CausalLMModule(L.LightningModule):
         self.save_hyperparameters(
             {
                 "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",  # LightningCLI reads it back
-                "backbone": _plain(self.backbone_cfg),
-                "tokenize": _plain(self.tokenize_settings),
-                "optim": _plain(self.optim),
-                "sampling": _plain(self.sampling),
-                "sharding": _plain(self.sharding),
+                "backbone": plain_values(self.backbone_cfg),
+                "tokenize": plain_values(self.tokenize_settings),
+                "optim": plain_values(self.optim),
+                "sampling": plain_values(self.sampling),
+                "sharding": plain_values(self.sharding),
                 "logprob_chunk_size": logprob_chunk_size,
                 "steer": self.steer_preference.as_dict() if self.steer_preference is not None else None,
                 **self.method_hparams(),
@@ -289,19 +296,21 @@ class CausalLMModule(L.LightningModule):
         """Heads, references... created after the backbone (override)."""
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        decay, no_decay = split_decay((n, p) for n, p in self.named_parameters() if p.requires_grad)
         if not decay and not no_decay:
             raise ValueError(f"{type(self).__name__}: no trainable parameters (check backbone.lora / freezing)")
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return self.optimizer_and_schedule(groups, self.schedule_steps())
+
+    def optimizer_and_schedule(self, groups: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+        """AdamW over the non-empty ``groups`` (a group's own ``lr`` wins over ``optim.lr``) and the configured
+        per-step schedule over ``steps``."""
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.optim.lr, betas=self.optim.betas)
         scheduler = get_scheduler(
             "constant_with_warmup" if self.optim.scheduler == "constant" else self.optim.scheduler,
             optimizer,
             num_warmup_steps=self.optim.warmup_steps,
-            num_training_steps=self.schedule_steps(),
+            num_training_steps=steps,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -386,6 +395,14 @@ class CausalLMModule(L.LightningModule):
             )
 
 
+def split_decay(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, not decayed): weight matrices decay; biases, norms and other vectors do not."""
+    decay, no_decay = [], []
+    for name, p in named:
+        (decay if p.ndim >= 2 and "norm" not in name.lower() else no_decay).append(p)
+    return decay, no_decay
+
+
 def prompt_samples(samples: Samples, i: int) -> Samples:
     """Prompt ``i``'s samples alone, as a ``Samples`` of one prompt."""
     rows = slice(i * samples.n, (i + 1) * samples.n)
@@ -393,15 +410,3 @@ def prompt_samples(samples: Samples, i: int) -> Samples:
     picked = {k: (v[rows] if isinstance(v, list) and len(v) == len(samples.texts) else v) for k, v in fields.items()}
     picked["prompts"] = [samples.prompts[i]]
     return type(samples)(**picked)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The repeated decoder blocks of a (PEFT-wrapped) transformers causal LM."""
-    from zoo.backbone import base_model
-
-    trunk = base_model(model).get_decoder()
-    for name in ("layers", "h", "blocks"):  # Llama/Mistral/Qwen, GPT-2/GPT-J/GPT-Neo, others
-        layers = getattr(trunk, name, None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise ValueError(f"cannot find the decoder layers of {type(trunk).__name__} to shard")

@@ -19,18 +19,17 @@ Where the thesis is silent (each a config switch, see docs/methods/cmpo.md):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from lightning_modules.cmpo_pairs import WEIGHTINGS, Weighting, prompt_pairs
 from lightning_modules.dpo import DPO
 from zoo.backbone import base_model, resolve_path
+from zoo.heads import load_saved_head, save_head
 from zoo.logprobs import batch_completion_hidden, sum_by_row
 from zoo.metrics import ResumableMean
 from zoo.plural import HeadInit, PluralHead
@@ -117,13 +116,9 @@ class CMPO(DPO):
     def build_extras(self) -> None:
         base = base_model(self.model)
         self.heads = PluralHead(base.get_output_embeddings(), self.attributes, self.head_init, self.head_rank)
-        saved = Path(resolve_path(self.backbone_cfg.name_or_path))
-        if (saved / HEADS_FILE).exists():  # a saved CMPO directory: reload its trained heads
-            meta = json.loads((saved / META_FILE).read_text())
-            if meta["attributes"] != self.attributes or meta["head_init"] != self.head_init:
-                raise ValueError(f"{saved} holds heads for {meta['attributes']} ({meta['head_init']}); "
-                                 f"the config asks for {self.attributes} ({self.head_init})")
-            self.heads.load_state_dict(load_file(str(saved / HEADS_FILE)))
+        # a saved CMPO directory as the backbone: reload its trained heads
+        load_saved_head(self.heads, resolve_path(self.backbone_cfg.name_or_path), HEADS_FILE, META_FILE,
+                        {"attributes": self.attributes, "head_init": self.head_init, "head_rank": self.head_rank})
         self.heads.requires_grad_(self.train_heads)
         # the single base head is the reference; the policy reads the plural heads only
         head, embed = base.get_output_embeddings(), base.get_input_embeddings()
@@ -192,9 +187,8 @@ class CMPO(DPO):
     def save_pretrained(self, path: str | Path) -> Path:
         """Trunk (HF directory or PEFT adapter) + ``plural_heads.safetensors`` + ``cmpo.json`` (attributes)."""
         path = super().save_pretrained(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}, str(path / HEADS_FILE))
-        (path / META_FILE).write_text(json.dumps({"attributes": self.attributes, "head_init": self.head_init,
-                                                  "head_rank": self.head_rank}, indent=2))
+        save_head(self.heads, path, HEADS_FILE, META_FILE,
+                  {"attributes": self.attributes, "head_init": self.head_init, "head_rank": self.head_rank})
         return path
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from callbacks.phase_switch import PhaseSwitch
-from lightning_modules.base import STAGE_PREFIX, CausalLMModule, _plain, as_dataclass
+from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass, plain_values, split_decay
 from zoo.control import (
     CONTROL_NAMES,
     GOOD,
@@ -114,7 +114,7 @@ class MEET(CausalLMModule):
         self.active_control = GOOD  # the control ``generate`` samples under (``steer``)
 
     def method_hparams(self) -> dict[str, Any]:
-        return {"control": _plain(self.control_cfg), "phases": _plain(self.phases), "attributes": self.attributes}
+        return {"control": plain_values(self.control_cfg), "phases": plain_values(self.phases), "attributes": self.attributes}
 
     @staticmethod
     def example_fn(record: PreferencePair, **kwargs: Any) -> Iterable[dict[str, Any]]:
@@ -167,29 +167,19 @@ class MEET(CausalLMModule):
     def configure_optimizers(self):
         """The same param-group layout in both phases (control, LM with decay, LM without), so a checkpoint's
         optimizer state fits whichever phase is restored; the frozen LM groups have lr 0 in step 1."""
-        from transformers import get_scheduler
-
         self.set_phase(self.phase)
         ph, lm_lr = self.phases, self.optim.lr
         control_lr = ph.control_lr if self.phase == 1 else (ph.second_control_lr if ph.second_control_lr is not None
                                                              else lm_lr)
-        decay = [p for n, p in self.lm_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
-        no_decay = [p for n, p in self.lm_parameters() if not (p.ndim >= 2 and "norm" not in n.lower())]
+        decay, no_decay = split_decay(self.lm_parameters())
         lm_lr = lm_lr if self.phase == 2 else 0.0
         groups = [
             {"params": self.control_parameters(), "lr": control_lr, "weight_decay": 0.0, "name": "control"},
             {"params": decay, "lr": lm_lr, "weight_decay": self.optim.weight_decay, "name": "lm"},
             {"params": no_decay, "lr": lm_lr, "weight_decay": 0.0, "name": "lm_no_decay"},
         ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=self.optim.betas)
-        scheduler = get_scheduler(
-            "constant_with_warmup" if self.optim.scheduler == "constant" else self.optim.scheduler,
-            optimizer,
-            num_warmup_steps=self.optim.warmup_steps,
-            num_training_steps=self.phase_steps(),
-        )
         self.optimizer_phase = self.phase
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.optimizer_and_schedule(groups, self.phase_steps())
 
     def phase_steps(self) -> int:
         """Optimizer steps in the current phase (the length of its LR schedule)."""
@@ -278,7 +268,7 @@ class MEET(CausalLMModule):
             prompts = self.soft_prompts.prompts.detach().cpu()
             save_file({name: prompts[i].contiguous() for i, name in enumerate(CONTROL_NAMES)},
                       str(path / "meet_soft_prompts.safetensors"))
-        (path / "meet_control.json").write_text(json.dumps({"control": _plain(self.control_cfg),
+        (path / "meet_control.json").write_text(json.dumps({"control": plain_values(self.control_cfg),
                                                             "inference_control": CONTROL_NAMES[GOOD]}, indent=2))
         return path
 

@@ -10,17 +10,15 @@ PEFT adapter) plus ``value_head.safetensors`` and ``value_head.json`` (output na
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule
 from zoo.backbone import base_model
-from zoo.heads import ValueHead
+from zoo.heads import ValueHead, save_head
 from zoo.logprobs import batch_last_hidden
 from zoo.losses import bradley_terry_loss
 from zoo.records import PreferencePair
@@ -100,8 +98,6 @@ class RewardModel(CausalLMModule):
 
     def save_pretrained(self, path: str | Path) -> Path:
         path = super().save_pretrained(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
-                  str(path / "value_head.safetensors"))
-        (path / "value_head.json").write_text(json.dumps({"names": self.value_head.names,
-                                                          "bias": self.value_head.linear.bias is not None}))
+        save_head(self.value_head, path, "value_head.safetensors", "value_head.json",
+                  {"names": self.value_head.names, "bias": self.value_head.linear.bias is not None})
         return path

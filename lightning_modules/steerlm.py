@@ -38,7 +38,6 @@ Where the thesis is silent (our choices):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -47,13 +46,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass
 from lightning_modules.sft import SFT
 from zoo.backbone import base_model, resolve_path
 from zoo.collate import IGNORE_INDEX, PadCollator, TokenizeSettings, tokenize_examples
-from zoo.heads import AttributeClassHead
+from zoo.heads import AttributeClassHead, load_saved_head, save_head
 from zoo.logprobs import last_token_hidden
 from zoo.preference import Preference
 from zoo.records import ScoredResponse
@@ -216,13 +214,9 @@ class SteerLMAttributeModel(_SteerLM):
         super().build_extras()
         base = base_model(self.model)
         self.head = AttributeClassHead(base.config.hidden_size, self.attributes, self.num_classes, self.head_dropout)
-        saved = Path(resolve_path(self.backbone_cfg.name_or_path))
-        if (saved / HEAD_FILE).exists():  # a saved APM directory: reload its trained head
-            meta = json.loads((saved / HEAD_META).read_text())
-            if meta["names"] != self.attributes or meta["num_classes"] != self.num_classes:
-                raise ValueError(f"{saved} holds an APM head for {meta['names']} ({meta['num_classes']} classes); "
-                                 f"the config asks for {self.attributes} ({self.num_classes})")
-            self.head.load_state_dict(load_file(str(saved / HEAD_FILE)))
+        # a saved APM directory as the backbone: reload its trained head
+        load_saved_head(self.head, resolve_path(self.backbone_cfg.name_or_path), HEAD_FILE, HEAD_META,
+                        {"names": self.attributes, "num_classes": self.num_classes})
         head, embed = base.get_output_embeddings(), base.get_input_embeddings()
         if head.weight is not embed.weight:  # the LM head is unused: keep it out of the optimizer
             head.requires_grad_(False)
@@ -296,8 +290,7 @@ class SteerLMAttributeModel(_SteerLM):
     def save_pretrained(self, path: str | Path) -> Path:
         """Trunk (HF directory or PEFT adapter) + ``attribute_head.safetensors`` + ``attribute_head.json``."""
         path = super().save_pretrained(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
-        (path / HEAD_META).write_text(json.dumps({"names": self.attributes, "num_classes": self.num_classes}))
+        save_head(self.head, path, HEAD_FILE, HEAD_META, {"names": self.attributes, "num_classes": self.num_classes})
         return path
 
 

@@ -207,3 +207,13 @@ def uses_peft(model: nn.Module) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated decoder blocks of a (PEFT-wrapped) transformers causal LM."""
+    trunk = base_model(model).get_decoder()
+    for name in ("layers", "h", "blocks"):  # Llama/Mistral/Qwen, GPT-2/GPT-J/GPT-Neo, others
+        layers = getattr(trunk, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ValueError(f"cannot find the decoder layers of {type(trunk).__name__}")

@@ -7,7 +7,11 @@ score per attribute, with the output names kept beside the weights.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
@@ -65,3 +69,27 @@ class AttributeClassHead(nn.Module):
         """[N, H] -> [N, k, C] (fp32, whatever the trunk's precision)."""
         out = self.linear(self.dropout(hidden).to(self.linear.weight.dtype)).float()
         return out.view(hidden.shape[0], self.k, self.num_classes)
+
+
+# ---- heads saved beside a save_pretrained directory ------------------------------------------------------
+def save_head(head: nn.Module, directory: str | Path, weights_file: str, meta_file: str, meta: dict) -> None:
+    """``head``'s weights as safetensors plus a JSON of what it is, next to the trunk's HF files."""
+    directory = Path(directory)
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(directory / weights_file))
+    (directory / meta_file).write_text(json.dumps(meta, indent=2))
+
+
+def load_saved_head(head: nn.Module, directory: str | Path, weights_file: str, meta_file: str,
+                    expected: dict) -> bool:
+    """Reload ``head`` from a directory written by ``save_head``, if it holds one (False if not); a head saved
+    for other settings (``expected``'s keys differ from the saved JSON) is refused naming both."""
+    directory = Path(directory)
+    if not (directory / weights_file).exists():
+        return False
+    meta = json.loads((directory / meta_file).read_text())
+    differs = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+    if differs:
+        raise ValueError(f"{directory} holds a {weights_file} saved for other settings: "
+                         + ", ".join(f"{k} saved {a!r}, the config asks for {b!r}" for k, (a, b) in differs.items()))
+    head.load_state_dict(load_file(str(directory / weights_file)))
+    return True
