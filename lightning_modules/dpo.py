@@ -251,6 +251,6 @@ class DPO(CausalLMModule):
             reference = "adapter_off" if adapter_off else "frozen_copy"
         attn = as_dataclass(BackboneConfig, args["backbone"]).attn_implementation
         shared = args["share_prompt"] and attn in (None, "sdpa", "eager")  # as collate_options decides
-        notes = ("activations counted for two padded rows per pair: an upper bound under prefix sharing",) if shared else ()
+        notes = ("activations counted for two padded rows per pair: an upper bound under prefix sharing",)
         return dataclasses.replace(super().memory_facts(init_args, model), rows_per_example=2, reference=reference,
-                                   notes=notes)
+                                   notes=notes if shared else ())

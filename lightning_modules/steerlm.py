@@ -190,7 +190,7 @@ class _SteerLM(CausalLMModule):
         overrides the head. ``marker_tokens: special`` grows the vocabulary by at most three rows: left out."""
         facts = super().memory_facts(init_args, model)
         if constructor_args(cls, init_args)["marker_tokens"] == "special":
-            facts = replace(facts, notes=(*facts.notes, "marker_tokens: special adds up to 3 vocabulary rows (not counted)"))
+            facts = replace(facts, notes=(*facts.notes, "marker_tokens special: up to 3 vocabulary rows more, not counted"))
         return facts
 
 

@@ -54,10 +54,10 @@ Per device, at the training peak::
   MLP keeps 3·a·i (``layer_activation_bytes``). A frozen base without adapters (only input-side parameters
   train, e.g. soft prompts) is that case with no adapter terms. Adapters on a base that trains too add,
   to the full-fine-tuning count, each A's input copy under autocast (none when it shares the projection's
-  input) and its output a·r. A method that adds positions to every row (soft prompts, text controls)
-  lengthens every row by them; only completion positions reach the LM head. Gradient checkpointing keeps w·h per token per layer plus
-  one layer's full A while it is recomputed. Outside the layers: the final norm (4 + w)·h and the
-  completion hidden states w·h per token.
+  input) and its output a·r. Positions a method adds to every row (soft prompts, text controls) lengthen
+  every row; only completion positions reach the LM head. Gradient checkpointing keeps w·h per token per
+  layer plus one layer's full A while it is recomputed. Outside the layers: the final norm (4 + w)·h and
+  the completion hidden states w·h per token.
 - **LM-head chunk**: steerzoo applies the head only to completion positions, ``logprob_chunk_size`` rows
   at a time, recomputed in backward (``zoo.logprobs``): c = min(chunk, rows·(s − 1)) rows of logits are
   alive at once, ≈ (12 + a)·c·V bytes (the a-dtype logits, their fp32 copy, logsumexp's exp buffer; in
@@ -67,8 +67,8 @@ Per device, at the training peak::
   one weight per chunk (several LM heads mixed in one matmul over k·H) also holds, per chunk, that
   stacked copy and its a-dtype cast, (e + a)·P with e its dtype bytes, beside the logits; when it trains,
   the backward's weight-gradient phase holds ≈ 3·e·P (the gradient in a and fp32 and its accumulation)
-  + 4·c·V, and the term is the larger of the two phases. These two were read off a live-tensor count
-  (every storage created and alive after each op) on small shapes, within ~10%.
+  + 4·c·V, and the term is the larger of the two phases. Both were read off a count of the tensor storage
+  alive after each op on small shapes, and agree with it within 10% where the stacked heads weigh.
 - **strategy**: DDP replicates everything and adds gradient buckets (another copy of the trainable
   gradients: ``gradient_as_bucket_view`` is off by default). FSDP (``fully_shard``) divides weights,
   gradients and optimizer states by the world size, then adds the gathered parameters in ``param_dtype``:
