@@ -40,6 +40,7 @@ from zoo.backbone import (
 )
 from zoo.collate import TokenizeSettings
 from zoo.examples import ExampleBuilder, code_digest, prompt_examples
+from zoo.memory_plan import MethodFacts, ModelFacts
 from zoo.preference import Preference
 from zoo.records import Record
 from zoo.sampling import Samples, SamplingSettings, sample
@@ -393,6 +394,18 @@ class CausalLMModule(L.LightningModule):
                 f"{where} is from another model: it holds {info['module']} on {info['backbone']!r}, this run is "
                 f"{type(self).__name__} on {self.backbone_cfg.name_or_path!r} (first differing weights: {diff})"
             )
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """How this method uses ``model`` (the backbone's meta-device counts, ``backbone.lora`` included),
+        read from a config's ``init_args`` alone: the plan runs before anything is built or loaded.
+
+        The default is a plain LM method: one row per example, completion log-probs through the chunked LM
+        head, no reference; the base trains unless LoRA is on. A method that holds or runs more overrides
+        this (calling it first) and says in its docstring what it holds per device.
+        """
+        return MethodFacts(cls.__name__)
 
 
 def split_decay(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

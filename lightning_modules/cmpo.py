@@ -19,6 +19,7 @@ Where the thesis is silent (each a config switch, see docs/methods/cmpo.md):
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from lightning_modules.dpo import DPO
 from zoo.backbone import base_model, resolve_path
 from zoo.heads import load_saved_head, save_head
 from zoo.logprobs import batch_completion_hidden, sum_by_row
+from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
 from zoo.metrics import ResumableMean
 from zoo.plural import HeadInit, PluralHead
 from zoo.preference import Preference
@@ -190,6 +192,29 @@ class CMPO(DPO):
         save_head(self.heads, path, HEADS_FILE, META_FILE,
                   {"attributes": self.attributes, "head_init": self.head_init, "head_rank": self.head_rank})
         return path
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """DPO's facts (two prefix-shared rows per conditioned pair, the reference: cached by default, the
+        adapter-disabled single-head base under LoRA with ``live``) plus k = len(attributes) plural heads
+        (``zoo.plural``), fp32, trainable unless ``train_heads: false``. ``head_init: copy``: k full V×H
+        copies of the base head; ``lowrank``: k·r·(V + H) parameters on top of the base head the model keeps.
+        The mixed log-probs stack the heads into one weight per chunk (a [k·H, V] copy, or the k·r-row B
+        stack): with ``copy`` the LM-head chunk term grows with k. The base head is the reference's, not
+        the policy's: an untied one stays frozen; a tied one trains with the embeddings unless LoRA is on."""
+        args = constructor_args(cls, init_args)
+        k, vocab, hidden = len(args["attributes"] or ()), model.vocab_size, model.hidden_size
+        if not k:
+            raise ValueError("model.attributes: CMPO needs at least one attribute (one head each)")
+        if args["head_init"] not in ("copy", "lowrank"):
+            raise ValueError(f"model.head_init must be copy or lowrank, got {args['head_init']!r}")
+        heads = k * vocab * hidden if args["head_init"] == "copy" else k * args["head_rank"] * (vocab + hidden)
+        trains = bool(args["train_heads"])
+        return dataclasses.replace(
+            super().memory_facts(init_args, model), own_params=heads, own_trainable_params=heads if trains else 0,
+            head_weight_params=heads, head_weight_trains=trains, frozen_lm_head=True,
+        )
 
 
 class FusedHead:

@@ -40,6 +40,7 @@ import torch
 
 from callbacks.phase_switch import PhaseSwitch
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass, plain_values, split_decay
+from zoo.backbone import BackboneConfig, LoraSettings
 from zoo.control import (
     CONTROL_NAMES,
     GOOD,
@@ -54,6 +55,7 @@ from zoo.control import (
     meet_loss,
     text_control_ids,
 )
+from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
 from zoo.preference import Preference, PreferenceError
 from zoo.records import PreferencePair
 
@@ -279,3 +281,36 @@ class MEET(CausalLMModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.phase = int(checkpoint.get("meet", {}).get("phase", self.phase))
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """Two rows per pair: the chosen reply under "good", the rejected under "bad". The larger phase is
+        planned: step 2 trains the whole LM and the controls (a fresh AdamW state for all of it); step 1
+        (planned only with ``second_epochs: 0``) trains the controls alone on a frozen LM, which still
+        back-propagates through every layer. Controls: ``prompt``, 2·L·H fp32 parameters and L =
+        ``control.length`` more positions in every row; ``lora``, two adapters of ``control.lora_*`` on one
+        base (each half of the batch runs through its own: the same tokens as two rows per pair, both
+        graphs alive until backward); ``text``, no parameters and its tokens in every row, counted as the
+        longer control's UTF-8 bytes: an upper bound for byte-level BPE, since the plan loads no tokenizer."""
+        args = constructor_args(cls, init_args)
+        if as_dataclass(BackboneConfig, args["backbone"]).lora is not None:
+            raise ValueError("MEET: configure its LoRA under model.control, not backbone.lora")
+        control = as_dataclass(ControlSettings, args["control"])
+        phases = as_dataclass(PhaseSettings, args["phases"])
+        step = 2 if phases.second_epochs else 1
+        facts = dataclasses.replace(
+            super().memory_facts(init_args, model), rows_per_example=2, trains_base=step == 2,
+            notes=(f"step {step} planned: " + ("the LM and the controls train" if step == 2 else
+                                               "only the controls train, the LM is frozen"),),
+        )
+        if control.kind == "prompt":
+            prompts = len(CONTROL_NAMES) * control.length * model.hidden_size
+            return dataclasses.replace(facts, extra_tokens=control.length, own_params=prompts,
+                                       own_trainable_params=prompts)
+        if control.kind == "lora":
+            adapters = LoraSettings(r=control.lora_r, alpha=control.lora_alpha, dropout=control.lora_dropout,
+                                    target_modules=control.lora_target_modules)
+            return dataclasses.replace(facts, adapters=adapters, adapter_copies=len(CONTROL_NAMES))
+        text = max(len(control.text_template.format(text=t).encode()) for t in control.texts)
+        return dataclasses.replace(facts, extra_tokens=text)
