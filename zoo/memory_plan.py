@@ -98,6 +98,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from zoo.backbone import decoder_layers
+
 GiB = 2**30
 MiB = 2**20
 Precision = Literal["32-true", "bf16-mixed", "bf16-true"]
@@ -337,7 +339,7 @@ def model_facts(model: nn.Module, name: str = "") -> ModelFacts:
 
     base = base_model(model)
     cfg = base.config
-    layers = _decoder_layers(base)
+    layers = decoder_layers(base)
     lora = [p for n, p in model.named_parameters() if ".lora_" in n]
     base_params = [p for n, p in base.named_parameters() if ".lora_" not in n]
     head, embed = base.get_output_embeddings(), base.get_input_embeddings()
@@ -400,15 +402,6 @@ def config_facts(
             raise ValueError(f"memory plan: {facts.name} adds LoRA adapters of its own: leave backbone.lora unset")
         model = model_facts(meta_model(config, facts.adapters), name)
     return model, facts
-
-
-def _decoder_layers(base: nn.Module) -> nn.ModuleList:
-    trunk = base.get_decoder()
-    for attr in ("layers", "h", "blocks"):  # Llama/Mistral/Qwen, GPT-2/NeoX-style, others
-        layers = getattr(trunk, attr, None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise ValueError(f"memory plan: cannot find the decoder layers of {type(trunk).__name__}")
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------
