@@ -10,9 +10,11 @@ a list of ``{"role", "content"}`` dicts, the same shape chat templates take.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 ROLES = ("system", "user", "assistant")
@@ -182,3 +184,15 @@ class ScoredResponse(Record):
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.kind: cls for cls in (PromptRecord, Demonstration, PreferencePair, ScoredResponse)
 }
+
+
+def write_records(path: str | Path, records: Sequence[Record]) -> None:
+    """``records`` as JSON Lines, one ``to_row()`` per line — what ``datamodules.records_file`` reads back —
+    written through a temporary file and a rename, so a crash never leaves half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with tmp.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r.to_row(), ensure_ascii=False) + "\n")
+    tmp.replace(target)
