@@ -96,3 +96,19 @@ class LossRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(float(outputs["loss"]))
+
+
+def steered_tiny_cmpo(max_new_tokens: int = 12, noise: float = 0.5, seed: int = 1) -> Any:
+    """A tiny CMPO (attributes verbosity, sentiment) built and ready to generate, whose two heads differ
+    strongly (seeded noise), so each weight setting gives its own greedy continuation: untrained heads are
+    copies of one head and would all give the same, and a request mixed up with another would go unseen."""
+    import torch
+
+    from lightning_modules.cmpo import CMPO
+
+    module = CMPO(attributes=["verbosity", "sentiment"], ref_cache_dir=None,
+                  **tiny_kwargs(sampling={"max_new_tokens": max_new_tokens, "temperature": 0.0}))
+    module.configure_model()
+    with torch.no_grad():
+        module.heads.weight.add_(noise * torch.randn(module.heads.weight.shape, generator=torch.Generator().manual_seed(seed)))
+    return module.eval()
