@@ -98,7 +98,7 @@ class LossRecorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def steered_tiny_cmpo(max_new_tokens: int = 12, noise: float = 0.5, seed: int = 1) -> Any:
+def steered_tiny_cmpo(max_new_tokens: int = 12, noise: float = 0.5, seed: int = 1, max_prompt_length: int = 256) -> Any:
     """A tiny CMPO (attributes verbosity, sentiment) built and ready to generate, whose two heads differ
     strongly (seeded noise), so each weight setting gives its own greedy continuation: untrained heads are
     copies of one head and would all give the same, and a request mixed up with another would go unseen."""
@@ -106,8 +106,10 @@ def steered_tiny_cmpo(max_new_tokens: int = 12, noise: float = 0.5, seed: int = 
 
     from lightning_modules.cmpo import CMPO
 
+    tokenize = {"max_length": max_prompt_length + 128, "max_prompt_length": max_prompt_length,
+                "length_policy": "truncate", "prompt_format": "chat"}
     module = CMPO(attributes=["verbosity", "sentiment"], ref_cache_dir=None,
-                  **tiny_kwargs(sampling={"max_new_tokens": max_new_tokens, "temperature": 0.0}))
+                  **tiny_kwargs(sampling={"max_new_tokens": max_new_tokens, "temperature": 0.0}, tokenize=tokenize))
     module.configure_model()
     with torch.no_grad():
         module.heads.weight.add_(noise * torch.randn(module.heads.weight.shape, generator=torch.Generator().manual_seed(seed)))

@@ -78,14 +78,14 @@ class ServeSettings:
     max_pending: int = 1024  # queued requests beyond this are refused (503)
     max_body_bytes: int = 1 << 20  # larger request bodies are refused (413) before they are parsed
     max_prompt_tokens: int | None = None  # None: the module's prompt limit (``default_limits``)
-    max_tokens_limit: int | None = None  # None: the backbone's context length minus the prompt limit
+    context_length: int | None = None  # prompt + max_tokens must fit; None: the backbone's (``default_limits``)
     default_steer: Preference | None = None  # used when a request has no ``steer`` (predict's ``--steer``)
 
 
 def default_limits(module: Any) -> tuple[int, int]:
-    """(prompt token limit, max_tokens limit) of a steerzoo module: prompts as long as ``predict`` accepts
-    them (``tokenize.max_prompt_length``, at most ``tokenize.max_length - 1``), and as many new tokens as the
-    backbone's context (``max_position_embeddings``) leaves after the longest prompt."""
+    """(prompt token limit, context length) of a steerzoo module: prompts as long as ``predict`` takes them
+    whole (``tokenize.max_prompt_length``, at most ``tokenize.max_length - 1``), and the backbone's context
+    (``max_position_embeddings``), which prompt and reply share."""
     tok = getattr(module, "tokenize_settings", None)
     prompt_limit = 4096
     if tok is not None:
@@ -93,8 +93,8 @@ def default_limits(module: Any) -> tuple[int, int]:
         if tok.max_prompt_length is not None:
             prompt_limit = min(prompt_limit, tok.max_prompt_length)
     config = getattr(getattr(module, "model", None), "config", None)
-    context = getattr(config, "max_position_embeddings", None)
-    return prompt_limit, max((context or 2 * prompt_limit) - prompt_limit, 1)
+    context = getattr(config, "max_position_embeddings", None) or 2 * prompt_limit
+    return prompt_limit, context
 
 
 # ---- generation -------------------------------------------------------------------------------------
@@ -306,9 +306,10 @@ class Server:
     def __init__(self, module: Servable, settings: ServeSettings, generate: GenerateBatch,
                  context: Callable[[], AbstractContextManager] | None):
         self.module, self.settings = module, settings
-        prompt_limit, tokens_limit = default_limits(module)
+        prompt_limit, context = default_limits(module)
         self.max_prompt_tokens = settings.max_prompt_tokens or prompt_limit
-        self.max_tokens_limit = settings.max_tokens_limit or tokens_limit
+        self.context_length = settings.context_length or context
+        self.max_tokens_limit = self.context_length - 1  # and prompt + max_tokens <= context_length
         self.generate, self.context = generate, context
         self.batcher: Batcher | None = None
 
@@ -317,7 +318,8 @@ class Server:
         return {"id": self.settings.model_name, "object": "model", "created": 0, "owned_by": "steerzoo",
                 "attributes": list(self.module.attributes),
                 "default_steer": default.as_dict() if default is not None else None,
-                "max_prompt_tokens": self.max_prompt_tokens, "max_tokens_limit": self.max_tokens_limit}
+                "max_prompt_tokens": self.max_prompt_tokens, "max_tokens_limit": self.max_tokens_limit,
+                "context_length": self.context_length}
 
     def check_key(self, request: Request) -> None:
         key = self.settings.api_key
@@ -403,12 +405,16 @@ class Server:
                 raise ApiError(400, str(e), param="steer", code="invalid_steer") from None
         return settings, preference, stop
 
-    def check_prompt_length(self, ids: Sequence[int]) -> None:
+    def check_length(self, ids: Sequence[int], max_tokens: int, param: str) -> None:
         if len(ids) > self.max_prompt_tokens:
             raise ApiError(400, f"the prompt has {len(ids)} tokens, over this model's limit of "
-                                f"{self.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+                                f"{self.max_prompt_tokens}", param=param, code="context_length_exceeded")
+        if len(ids) + max_tokens > self.context_length:
+            raise ApiError(400, f"the prompt's {len(ids)} tokens and max_tokens {max_tokens} exceed this model's "
+                                f"context length of {self.context_length}", param="max_tokens",
+                           code="context_length_exceeded")
 
-    async def encode_chat(self, messages: Any) -> list[int]:
+    async def encode_chat(self, messages: Any, max_tokens: int) -> list[int]:
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "messages: required, a non-empty list of {role, content}", param="messages")
         conversation = []
@@ -421,15 +427,15 @@ class Server:
         except RecordError as e:
             raise ApiError(400, f"messages: {e}".replace("field 'prompt", "field 'messages"),
                            param="messages") from None
-        self.check_prompt_length(ids)
+        self.check_length(ids, max_tokens, "messages")
         return ids
 
-    async def encode_text(self, prompt: str) -> list[int]:
+    async def encode_text(self, prompt: str, max_tokens: int) -> list[int]:
         """A completions prompt is continued as written: no chat template."""
         ids = await asyncio.to_thread(lambda: self.module.tokenizer(prompt)["input_ids"])
         if not ids:
             raise ApiError(400, "prompt is empty", param="prompt")
-        self.check_prompt_length(ids)
+        self.check_length(ids, max_tokens, "prompt")
         return ids
 
     async def run(self, requests: list[GenerationRequest], stop: list[str], stream: bool) -> list[list[Choice]]:
@@ -505,7 +511,7 @@ def create_app(module: Servable, settings: ServeSettings, generate: GenerateBatc
         body = await server.read_json(request)
         server.check_model(body)
         sampling, preference, stop = server.parse_common(body)
-        ids = await server.encode_chat(body.get("messages"))
+        ids = await server.encode_chat(body.get("messages"), sampling.max_new_tokens)
         stream = body.get("stream") is True
         (choices,) = await server.run([GenerationRequest(ids, preference, sampling)], stop, stream)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
@@ -547,7 +553,7 @@ def create_app(module: Servable, settings: ServeSettings, generate: GenerateBatc
             raise ApiError(400, "prompt: required, a string or a non-empty list of strings", param="prompt")
         if len(prompts) > settings.max_batch:
             raise ApiError(400, f"at most {settings.max_batch} prompts per request", param="prompt")
-        ids = [await server.encode_text(p) for p in prompts]
+        ids = [await server.encode_text(p, sampling.max_new_tokens) for p in prompts]
         stream = body.get("stream") is True
         per_prompt = await server.run([GenerationRequest(p, preference, sampling) for p in ids], stop, stream)
         choices = [(i * sampling.n + j, c) for i, cs in enumerate(per_prompt) for j, c in enumerate(cs)]
