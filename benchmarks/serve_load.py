@@ -1,7 +1,7 @@
 """Load test of ``train.py serve`` (``zoo.serve``) on loopback: concurrent clients with mixed ``steer`` values and
 prompts against the same requests sent one at a time.
 
-The model is the tiny CMPO of the tests (``tests.factories.steered_tiny_cmpo``: random heads that differ, so
+The model is the tiny CMPO of the tests (``tests.factories.steered_cmpo``: random heads that differ, so
 every (prompt, steer) pair has its own greedy reply and a reply given to the wrong request is caught, not
 mistaken for numerics). First every distinct request is sent alone, one after another: those replies are
 the references, and their pace is the sequential throughput. Then ``--clients`` threads each send
@@ -49,10 +49,10 @@ def load_test(clients: int = 32, requests: int = 8, max_tokens: int = 16, max_ba
               batch_window_ms: float = 5.0) -> dict[str, Any]:
     import openai
 
-    from tests.factories import steered_tiny_cmpo
+    from tests.factories import steered_cmpo
     from zoo.serve import ServeSettings, create_app, serve_in_thread
 
-    module = steered_tiny_cmpo(max_new_tokens=max_tokens)
+    module = steered_cmpo(max_new_tokens=max_tokens)
     app = create_app(module, ServeSettings(model_name=NAME, max_batch=max_batch, batch_window_ms=batch_window_ms))
     pairs = [(p, s) for p in PROMPTS for s in STEERS]
     key = lambda p, s: (p, json.dumps(s, sort_keys=True))  # noqa: E731

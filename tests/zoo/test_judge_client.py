@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tests.factories import steered_tiny_cmpo
+from tests.factories import steered_cmpo
 from zoo.judge import judge_both_orders, judge_prompt, parse_verdict
 from zoo.judge_client import JudgeError, OpenAIJudge, judge_pairs
 from zoo.sampling import SamplingSettings
@@ -30,7 +30,7 @@ MAX_TOKENS = 24
 
 
 def test_judge_reproduces_in_process_both_order_verdicts_caches_and_counts_unreadable_replies(tmp_path):
-    module = steered_tiny_cmpo(max_new_tokens=MAX_TOKENS, max_prompt_length=2048)  # judge prompts are long
+    module = steered_cmpo(max_new_tokens=MAX_TOKENS, max_prompt_length=2048)  # judge prompts are long
 
     def in_process(system, user):  # the same model called directly, greedy, same settings
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]

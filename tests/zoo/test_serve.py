@@ -13,7 +13,7 @@ import urllib.request
 import openai
 import pytest
 
-from tests.factories import steered_tiny_cmpo, tiny_kwargs
+from tests.factories import steered_cmpo, tiny_kwargs
 from zoo.sampling import Samples, SamplingSettings
 from zoo.serve import ServeSettings, create_app, finish_choices, serve_in_thread, token_deltas
 
@@ -24,7 +24,7 @@ STEERS = [{"verbosity": 1.0}, {"sentiment": 1.0}, {"verbosity": 0.5, "sentiment"
 
 @pytest.fixture(scope="module")
 def module():
-    return steered_tiny_cmpo()
+    return steered_cmpo()
 
 
 @pytest.fixture(scope="module")
