@@ -17,8 +17,11 @@ lets ``module.generate_steered`` group them by preference; it is the one functio
 (``create_app(..., generate_batch=...)``), e.g. one that mixes CMPO's Λ per row inside one batch. While a
 batch generates, new requests queue up and form the next batch.
 
-Streaming: a streamed reply is sent as one SSE chunk per token once its batch has finished (generation is
-not incremental yet: ``zoo.sampling`` returns whole samples); the wire format is OpenAI's either way.
+Streaming: a streamed reply's text is sent as it is generated, batched requests included: ``generate_batch``
+hands each decoding step to the batcher (``zoo.sampling.listen_to_tokens``), which decodes each reply token by
+token (``TextStream``: incomplete characters and possible starts of stop strings are held back) and sends the
+new text as an SSE chunk. A replacement ``generate_batch`` that does not report steps still streams, its text
+coming whole at the end.
 
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``): 400 for malformed JSON,
 bad fields, a refused ``steer`` (the module's ``PreferenceError`` message, naming the attribute and the
@@ -40,6 +43,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from functools import partial
 from importlib import resources
 from typing import Any, Protocol
 
@@ -49,7 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zoo.preference import Preference, PreferenceError, Steerable
 from zoo.records import RecordError
-from zoo.sampling import Samples, SamplingSettings, generation_config
+from zoo.sampling import Samples, SamplingSettings, generation_config, listen_to_tokens
 
 MAX_N = 16  # samples per request
 MAX_STOP = 4  # stop strings per request (OpenAI's limit)
@@ -114,31 +118,44 @@ class GenerationRequest:
         return (s.n, s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed, alone)
 
 
-def generate_batch(module: Servable, requests: Sequence[GenerationRequest]) -> list[Samples | Exception]:
-    """One ``Samples`` (one prompt, ``settings.n`` samples) per request, or the exception that request
-    raised. Groups share sampling settings; ``generate_steered`` groups each by preference. A group that fails
-    is retried request by request, so one bad request fails alone."""
+OnTokens = Callable[[int, int, int], None]  # (request index, sample index, token id) at each decoding step
+
+
+def generate_batch(module: Servable, requests: Sequence[GenerationRequest],
+                   on_tokens: OnTokens | None = None) -> list[Samples | Exception]:
+    """One ``Samples`` (one prompt, ``settings.n`` samples) per request, or the exception that request raised.
+
+    Requests sharing sampling settings and preference form one ``generate_steered`` call (the grouping every
+    method does today); ``on_tokens``, if given, hears each decoding step as it happens (``zoo.sampling.
+    listen_to_tokens``), for streaming. A group that fails is retried request by request, so one bad request
+    fails alone. A rollout engine that mixes CMPO's Λ per row in one batch replaces this function."""
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
-        groups.setdefault(r.batch_key(), []).append(i)
+        groups.setdefault((r.batch_key(), r.preference), []).append(i)
     out: list[Samples | Exception | None] = [None] * len(requests)
-    for rows in groups.values():
+    for (_, preference), rows in groups.items():
         settings = dataclasses.replace(requests[rows[0]].settings, batch_size=len(rows))
+
+        def listener(first_row: int, tokens: list[int], rows: list[int] = rows, n: int = settings.n) -> None:
+            for r, token in enumerate(tokens, start=first_row):  # rows are prompt-major, n per prompt
+                on_tokens(rows[r // n], r % n, token)
+
         try:
-            samples = module.generate_steered([requests[i].prompt_ids for i in rows],
-                                              [requests[i].preference for i in rows], settings)
+            with listen_to_tokens(listener) if on_tokens is not None else nullcontext():
+                samples = module.generate_steered([requests[i].prompt_ids for i in rows], [preference] * len(rows),
+                                                  settings)
             for i, s in zip(rows, samples):
                 out[i] = s
         except Exception as e:  # noqa: BLE001  (reported per request)
             if len(rows) == 1:
                 out[rows[0]] = e
                 continue
-            for i in rows:
+            for i in rows:  # not streamed again: the final text completes what was sent
                 out[i] = generate_batch(module, [requests[i]])[0]
     return out
 
 
-GenerateBatch = Callable[[Servable, Sequence[GenerationRequest]], list[Samples | Exception]]
+GenerateBatch = Callable[[Servable, Sequence[GenerationRequest], OnTokens | None], list[Samples | Exception]]
 
 
 @dataclasses.dataclass
@@ -146,7 +163,6 @@ class Choice:
     text: str
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens)
-    deltas: list[str]  # the text split per token, for streaming (empty when not streamed)
 
 
 def tokens_until(tokenizer: Any, ids: Sequence[int], text_prefix: str) -> int:
@@ -161,46 +177,62 @@ def tokens_until(tokenizer: Any, ids: Sequence[int], text_prefix: str) -> int:
     return lo
 
 
-def token_deltas(tokenizer: Any, ids: Sequence[int], text: str) -> list[str]:
-    """``text`` split at token boundaries, holding back incomplete characters (a multi-byte character spread
-    over byte tokens); the pieces always join to ``text``."""
-    pieces, sent, prefix, read = [], 0, 0, 0
-    for k in range(1, len(ids) + 1):
-        before = tokenizer.decode(list(ids[prefix:read]), skip_special_tokens=True)
-        now = tokenizer.decode(list(ids[prefix:k]), skip_special_tokens=True)
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            piece = now[len(before):][: max(len(text) - sent, 0)]
-            if piece:
-                pieces.append(piece)
-                sent += len(piece)
-            prefix, read = read, k
-    if sent < len(text):  # the end held back (it ends in an undecodable byte): send it as it is
-        pieces.append(text[sent:])
-    if "".join(pieces) != text:  # a decoder whose pieces do not add up (space clean-up): one piece
-        return [text] if text else []
-    return pieces
-
-
-def finish_choices(tokenizer: Any, samples: Samples, stop: Sequence[str], stream: bool) -> list[Choice]:
+def finish_choices(tokenizer: Any, samples: Samples, stop: Sequence[str]) -> list[Choice]:
     """Texts cut at the first stop string, with token counts and finish reasons."""
     choices = []
     for text, ids, truncated in zip(samples.texts, samples.token_ids, samples.truncated):
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         if cut >= 0:
             end = min(text.find(s) + len(s) for s in stop if text.find(s) == cut)
-            text, n_tokens, reason = text[:cut], tokens_until(tokenizer, ids, text[:end]), "stop"
+            choices.append(Choice(text[:cut], tokens_until(tokenizer, ids, text[:end]), "stop"))
         else:
-            n_tokens, reason = len(ids), "length" if truncated else "stop"
-        choices.append(Choice(text, n_tokens, reason, token_deltas(tokenizer, ids, text) if stream else []))
+            choices.append(Choice(text, len(ids), "length" if truncated else "stop"))
     return choices
+
+
+class TextStream:
+    """One reply decoded token by token as it is generated: returns the new text of each token, holding back
+    an incomplete character (a multi-byte character spread over byte tokens) and any end that may be the
+    start of a stop string; stops at EOS or at a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, list(stop)
+        self.ids: list[int] = []
+        self.prefix = self.read = 0  # ids[prefix:read] is decoded already; decoding from `prefix` keeps spacing
+        self.text, self.sent, self.done = "", 0, False
+
+    def push(self, token: int) -> str:
+        if self.done:
+            return ""
+        if token == self.tokenizer.eos_token_id:
+            self.done = True
+            return self._release()
+        self.ids.append(token)
+        decode = partial(self.tokenizer.decode, skip_special_tokens=True)
+        before, now = decode(self.ids[self.prefix:self.read]), decode(self.ids[self.prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.text += now[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+        return self._release()
+
+    def _release(self) -> str:
+        cut = min((self.text.find(s) for s in self.stop if s in self.text), default=-1)
+        if cut >= 0:
+            self.text, self.done = self.text[:cut], True
+        end = len(self.text)
+        if not self.done:  # keep back an end that may grow into a stop string
+            end -= max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        piece, self.sent = self.text[self.sent:end], max(self.sent, end)
+        return piece
 
 
 @dataclasses.dataclass(eq=False)
 class Pending:
     request: GenerationRequest
     stop: list[str]
-    stream: bool
     future: asyncio.Future
+    events: asyncio.Queue | None = None  # streaming: (choice index, text) as generated, then None when done
+    first_choice: int = 0  # index of this request's first choice in its response
 
 
 class Batcher:
@@ -213,13 +245,12 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steerzoo-generate")
         self.batches = 0  # generate_batch calls so far (tests read it)
 
-    async def submit(self, request: GenerationRequest, stop: list[str], stream: bool) -> list[Choice]:
+    def submit(self, pending: Pending) -> asyncio.Future:
         if self.queue.qsize() >= self.settings.max_pending:
             raise ApiError(503, f"the server has {self.queue.qsize()} requests queued; retry later",
                            "server_error", code="overloaded")
-        pending = Pending(request, stop, stream, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(pending)
-        return await pending.future
+        return pending.future
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -232,23 +263,33 @@ class Batcher:
             batch = [p for p in batch if not p.future.done()]  # callers that gave up (disconnected)
             if not batch:
                 continue
-            results = await loop.run_in_executor(self.executor, self._generate, batch)
+            results = await loop.run_in_executor(self.executor, self._generate, batch, loop)
             self.batches += 1
             for p, r in zip(batch, results):
                 if not p.future.done():
                     p.future.set_exception(r) if isinstance(r, Exception) else p.future.set_result(r)
+                if p.events is not None:
+                    p.events.put_nowait(None)
 
-    def _generate(self, batch: list[Pending]) -> list[list[Choice] | Exception]:
-        """Runs in the generation thread: generate, then cut stop strings and split streamed texts."""
+    def _generate(self, batch: list[Pending], loop: asyncio.AbstractEventLoop) -> list[list[Choice] | Exception]:
+        """Runs in the generation thread: generate (streamed replies' text goes to their queues as it comes),
+        then cut stop strings."""
+        tokenizer = self.module.tokenizer
+        streams = {(i, j): TextStream(tokenizer, p.stop) for i, p in enumerate(batch) if p.events is not None
+                   for j in range(p.request.settings.n)}
+
+        def on_tokens(i: int, j: int, token: int) -> None:
+            stream = streams.get((i, j))
+            piece = stream.push(token) if stream is not None else ""
+            if piece:
+                loop.call_soon_threadsafe(batch[i].events.put_nowait, (batch[i].first_choice + j, piece))
+
         try:
             with self.context() if self.context is not None else nullcontext():
-                results = self.generate(self.module, [p.request for p in batch])
+                results = self.generate(self.module, [p.request for p in batch], on_tokens if streams else None)
         except Exception as e:  # noqa: BLE001
             return [e] * len(batch)
-        out: list[list[Choice] | Exception] = []
-        for p, r in zip(batch, results):
-            out.append(r if isinstance(r, Exception) else finish_choices(self.module.tokenizer, r, p.stop, p.stream))
-        return out
+        return [r if isinstance(r, Exception) else finish_choices(tokenizer, r, p.stop) for p, r in zip(batch, results)]
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -256,7 +297,7 @@ class Batcher:
 
 # ---- requests ---------------------------------------------------------------------------------------
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+    def __init__(self, status: int, message: str, type: str = "invalid_generationerror", param: str | None = None,
                  code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
@@ -265,7 +306,7 @@ class ApiError(Exception):
         return error_response(self.status, self.message, self.type, self.param, self.code)
 
 
-def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+def error_response(status: int, message: str, type: str = "invalid_generationerror", param: str | None = None,
                    code: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
 
@@ -334,7 +375,7 @@ class Server:
     async def read_json(self, request: Request) -> dict[str, Any]:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length", "")
-        too_large = ApiError(413, f"request body over {limit} bytes", param=None, code="request_too_large")
+        too_large = ApiError(413, f"request body over {limit} bytes", param=None, code="generationtoo_large")
         if declared.isdigit() and int(declared) > limit and (
                 "100-continue" in request.headers.get("expect", "").lower() or int(declared) > DRAIN_FACTOR * limit):
             raise too_large  # the client waits for our answer before sending, or the body is absurd
@@ -438,15 +479,67 @@ class Server:
         self.check_length(ids, max_tokens, "prompt")
         return ids
 
-    async def run(self, requests: list[GenerationRequest], stop: list[str], stream: bool) -> list[list[Choice]]:
+    async def run(self, requests: list[GenerationRequest], stop: list[str],
+                  events: asyncio.Queue | None = None) -> list[list[Choice]]:
+        """Queue the requests (one per prompt) and wait for their choices; with ``events``, their text also goes
+        there as it is generated, as (choice index, text), and None as each request ends."""
+        loop, futures, first = asyncio.get_running_loop(), [], 0
+        for r in requests:
+            futures.append(self.batcher.submit(Pending(r, stop, loop.create_future(), events, first)))
+            first += r.settings.n
         try:
-            return list(await asyncio.gather(*(self.batcher.submit(r, stop, stream) for r in requests)))
+            return list(await asyncio.gather(*futures))
         except ApiError:
             raise
         except (PreferenceError, RecordError, ValueError) as e:  # refused by the method while generating
             raise ApiError(400, str(e), param="steer" if isinstance(e, PreferenceError) else None) from None
         except Exception as e:  # noqa: BLE001
             raise ApiError(500, f"generation failed: {type(e).__name__}: {e}", "server_error") from None
+
+    async def stream(self, requests: list[GenerationRequest], stop: list[str], opening: list[str],
+                     delta: Callable[[int, str], str], closing: Callable[[list[Choice]], list[str]]) -> Response:
+        """Server-sent events: ``opening``, then ``delta(choice, text)`` as text is generated, then
+        ``closing(choices)`` and ``[DONE]``. A request refused before any text is sent gets its error status;
+        a failure later arrives as an ``error`` event (the status line is gone by then)."""
+        events: asyncio.Queue = asyncio.Queue()
+        done = asyncio.ensure_future(self.run(requests, stop, events))
+        first = await events.get()
+        if first is None:  # a request ended before any text: an error, or an empty reply
+            await asyncio.wait({done})
+            if done.exception() is not None:
+                raise done.exception()
+
+        async def body() -> AsyncIterator[str]:
+            sent: dict[int, str] = {}
+            for line in opening:
+                yield line
+            item, ended = first, 0
+            while True:
+                if item is None:
+                    ended += 1
+                    if ended == len(requests):
+                        break
+                else:
+                    k, piece = item
+                    sent[k] = sent.get(k, "") + piece
+                    yield delta(k, piece)
+                item = await events.get()
+            try:
+                choices = [c for cs in await done for c in cs]
+            except ApiError as e:
+                yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
+                yield sse("[DONE]")
+                return
+            for k, c in enumerate(choices):  # what was not streamed (a generate_batch without on_tokens)
+                already = sent.get(k, "")
+                if len(c.text) > len(already) and c.text.startswith(already):
+                    yield delta(k, c.text[len(already):])
+            for line in closing(choices):
+                yield line
+            yield sse("[DONE]")
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def usage(prompt_tokens: int, choices: Sequence[Choice]) -> dict[str, int]:
@@ -512,11 +605,11 @@ def create_app(module: Servable, settings: ServeSettings, generate: GenerateBatc
         server.check_model(body)
         sampling, preference, stop = server.parse_common(body)
         ids = await server.encode_chat(body.get("messages"), sampling.max_new_tokens)
-        stream = body.get("stream") is True
-        (choices,) = await server.run([GenerationRequest(ids, preference, sampling)], stop, stream)
+        generation = GenerationRequest(ids, preference, sampling)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
         steer = preference.as_dict() if preference is not None else None
-        if not stream:
+        if body.get("stream") is not True:
+            (choices,) = await server.run([generation], stop)
             return JSONResponse({
                 **head, "object": "chat.completion",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
@@ -527,19 +620,17 @@ def create_app(module: Servable, settings: ServeSettings, generate: GenerateBatc
         def chunk(choice_list: list[dict[str, Any]], **extra: Any) -> str:
             return sse({**head, "object": "chat.completion.chunk", "choices": choice_list, **extra})
 
-        def events() -> Iterator[str]:
-            for i, c in enumerate(choices):
-                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-                            steer=steer)
-                for piece in c.deltas:
-                    yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
-                yield chunk([{"index": i, "delta": {}, "finish_reason": c.finish_reason}])
+        def closing(choices: list[Choice]) -> list[str]:
+            lines = [chunk([{"index": i, "delta": {}, "finish_reason": c.finish_reason}]) for i, c in enumerate(choices)]
             if (body.get("stream_options") or {}).get("include_usage"):
-                yield chunk([], usage=usage(len(ids), choices))
-            yield sse("[DONE]")
+                lines.append(chunk([], usage=usage(len(ids), choices)))
+            return lines
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        opening = [chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                         steer=steer) for i in range(sampling.n)]
+        return await server.stream(
+            [generation], stop, opening,
+            lambda k, piece: chunk([{"index": k, "delta": {"content": piece}, "finish_reason": None}]), closing)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -554,31 +645,28 @@ def create_app(module: Servable, settings: ServeSettings, generate: GenerateBatc
         if len(prompts) > settings.max_batch:
             raise ApiError(400, f"at most {settings.max_batch} prompts per request", param="prompt")
         ids = [await server.encode_text(p, sampling.max_new_tokens) for p in prompts]
-        stream = body.get("stream") is True
-        per_prompt = await server.run([GenerationRequest(p, preference, sampling) for p in ids], stop, stream)
-        choices = [(i * sampling.n + j, c) for i, cs in enumerate(per_prompt) for j, c in enumerate(cs)]
+        requests = [GenerationRequest(p, preference, sampling) for p in ids]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": settings.model_name}
         steer = preference.as_dict() if preference is not None else None
-        total = usage(sum(len(p) for p in ids), [c for _, c in choices])
-        if not stream:
+        prompt_tokens = sum(len(p) for p in ids)
+        if body.get("stream") is not True:
+            choices = [c for cs in await server.run(requests, stop) for c in cs]  # prompt-major, n per prompt
             return JSONResponse({**head, "choices": [{"index": k, "text": c.text, "logprobs": None,
-                                                      "finish_reason": c.finish_reason} for k, c in choices],
-                                 "usage": total, "steer": steer})
+                                                      "finish_reason": c.finish_reason} for k, c in enumerate(choices)],
+                                 "usage": usage(prompt_tokens, choices), "steer": steer})
 
-        def events() -> Iterator[str]:
-            for k, c in choices:
-                for piece in c.deltas:
-                    yield sse({**head, "choices": [{"index": k, "text": piece, "logprobs": None,
-                                                    "finish_reason": None}]})
-                yield sse({**head, "choices": [{"index": k, "text": "", "logprobs": None,
-                                                "finish_reason": c.finish_reason}]})
+        def chunk(k: int, text: str, finish_reason: str | None = None) -> str:
+            return sse({**head, "choices": [{"index": k, "text": text, "logprobs": None,
+                                             "finish_reason": finish_reason}]})
+
+        def closing(choices: list[Choice]) -> list[str]:
+            lines = [chunk(k, "", c.finish_reason) for k, c in enumerate(choices)]
             if (body.get("stream_options") or {}).get("include_usage"):
-                yield sse({**head, "choices": [], "usage": total})
-            yield sse("[DONE]")
+                lines.append(sse({**head, "choices": [], "usage": usage(prompt_tokens, choices)}))
+            return lines
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await server.stream(requests, stop, [], chunk, closing)
 
     return app
 

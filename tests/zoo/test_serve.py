@@ -15,7 +15,7 @@ import pytest
 
 from tests.factories import steered_cmpo, tiny_kwargs
 from zoo.sampling import Samples, SamplingSettings
-from zoo.serve import ServeSettings, create_app, finish_choices, serve_in_thread, token_deltas
+from zoo.serve import ServeSettings, TextStream, create_app, finish_choices, generate_batch, serve_in_thread
 
 NAME = "tiny-cmpo"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -115,17 +115,60 @@ def test_stop_strings_cut_the_reply_and_its_token_count(client, module):
     assert 0 < reply.usage.completion_tokens < len(full.token_ids[0])
 
 
-def test_token_deltas_join_to_the_text_and_stops_count_tokens(module):
+def test_text_stream_decodes_token_by_token_and_holds_back_stop_strings(module):
     tok = module.tokenizer
     ids = tok("héllo wörld")["input_ids"]  # multi-byte characters over several byte tokens
-    pieces = token_deltas(tok, ids, "héllo wörld")
-    assert "".join(pieces) == "héllo wörld" and "é" in pieces and len(pieces) == len("héllo wörld")
+    stream = TextStream(tok, [])
+    pieces = [stream.push(t) for t in ids] + [stream.push(tok.eos_token_id)]
+    assert "".join(pieces) == "héllo wörld" and "é" in pieces and stream.done
+    assert pieces[1] == ""  # the first byte of é alone is no text yet
+    stream = TextStream(tok, ["wö", "xyz"])
+    pieces = [stream.push(t) for t in ids]
+    assert "".join(pieces) == "héllo " and stream.done  # " w" waited until "wö" showed it was the stop string
+    stream = TextStream(tok, ["lo!"])
+    pieces = [stream.push(t) for t in tok("hello world")["input_ids"]]
+    assert "".join(pieces) == "hello world" and pieces[4] == "" and pieces[5] == "lo "  # "lo" held back, then not a stop
+
+
+def test_stop_strings_count_tokens_up_to_their_end(module):
+    tok = module.tokenizer
+    ids = tok("héllo wörld")["input_ids"]
     samples = Samples(prompts=["p"], texts=["héllo wörld"], token_ids=[ids], truncated=[True], n=1)
-    (choice,) = finish_choices(tok, samples, ["wö"], stream=False)
+    (choice,) = finish_choices(tok, samples, ["wö"])
     assert (choice.text, choice.finish_reason) == ("héllo ", "stop")
-    assert choice.completion_tokens == len(tok("héllo wö")["input_ids"])  # up to the stop string's end
-    (choice,) = finish_choices(tok, samples, ["absent"], stream=False)
+    assert choice.completion_tokens == len(tok("héllo wö")["input_ids"])
+    (choice,) = finish_choices(tok, samples, ["absent"])
     assert (choice.text, choice.finish_reason, choice.completion_tokens) == ("héllo wörld", "length", len(ids))
+
+
+def test_streamed_text_arrives_while_its_batch_is_still_generating(module):
+    release = threading.Event()
+
+    def held_generate(module, requests, on_tokens=None):  # every token is out; the batch is not done yet
+        out = generate_batch(module, requests, on_tokens)
+        release.wait(timeout=60)
+        return out
+
+    with serve_in_thread(create_app(module, ServeSettings(model_name=NAME), generate=held_generate)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        chunks = iter(client.chat.completions.create(model=NAME, messages=HELLO, stream=True,
+                                                     extra_body={"steer": STEERS[0]}))
+        head = [next(chunks), next(chunks)]  # the role, then text
+        assert head[1].choices[0].delta.content and not release.is_set()
+        release.set()
+        text = "".join(c.choices[0].delta.content or "" for c in [*head, *chunks])
+    assert text == direct(module, HELLO, STEERS[0]).texts[0]
+
+
+def test_a_generate_batch_that_reports_no_steps_still_streams_the_whole_text(module):
+    def quiet_generate(module, requests, on_tokens=None):
+        return generate_batch(module, requests)
+
+    with serve_in_thread(create_app(module, ServeSettings(model_name=NAME), generate=quiet_generate)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        chunks = list(client.chat.completions.create(model=NAME, messages=HELLO, stream=True,
+                                                     extra_body={"steer": STEERS[1]}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == direct(module, HELLO, STEERS[1]).texts[0]
 
 
 def good(url: str) -> None:
@@ -235,10 +278,13 @@ def test_a_preference_refused_while_generating_fails_only_its_request():
             t.start()
         for t in threads:
             t.join()
+        streamed = http(base, "/v1/chat/completions", {"model": "meet", "messages": HELLO, "stream": True,
+                                                       "steer": {"verbosity": 0.5, "brevity": 0.5}})
     assert results["good"][0] == 200 and results["bad"][0] == 200
     status, reply = results["both"]
     assert status == 400 and "one control at a time" in reply["error"]["message"]
-    assert app.state.server.batcher.batches == 1
+    assert app.state.server.batcher.batches == 2  # the three together, then the streamed one
+    assert streamed[0] == 400 and "one control at a time" in streamed[1]["error"]["message"]  # before any text
 
 
 def test_an_unsteerable_model_serves_but_refuses_a_steer():
@@ -269,3 +315,30 @@ def test_the_precision_context_wraps_generation(module):
     with serve_in_thread(create_app(module, ServeSettings(model_name=NAME), context=Context)) as base:
         good(base)
     assert entered and all(name.startswith("steerzoo-generate") for name in entered)
+
+
+def steerable_modules():
+    """MEET with soft prompts (its own generate loop) and SteerLM's ACM (re-tokenizes with the ratings line)."""
+    from lightning_modules.meet import MEET
+    from lightning_modules.steerlm import SteerLMConditionedSFT
+
+    meet = MEET(attributes=["verbosity", "brevity"], control={"kind": "prompt", "length": 2},
+                **tiny_kwargs(sampling={"max_new_tokens": 10, "temperature": 0.0}))
+    acm = SteerLMConditionedSFT(attributes=["verbosity", "sentiment"], system_prompt=None,
+                                backbone={"name_or_path": "builtin:tiny"},
+                                tokenize={"prompt_format": "plain", "max_length": 384, "max_prompt_length": 256},
+                                sampling={"max_new_tokens": 10, "temperature": 0.0})
+    return {"meet": (meet, {"brevity": 1}), "acm": (acm, {"verbosity": 1, "sentiment": 0.5})}
+
+
+@pytest.mark.parametrize("method", ["meet", "acm"])
+def test_other_methods_stream_the_same_reply_they_give_whole(method):
+    module, steer = steerable_modules()[method]
+    module.configure_model()
+    with serve_in_thread(create_app(module.eval(), ServeSettings(model_name=method))) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        kw = dict(model=method, messages=HELLO, extra_body={"steer": steer})
+        whole = client.chat.completions.create(**kw).choices[0].message.content
+        chunks = [c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)]
+    assert whole == direct(module, HELLO, steer).texts[0]
+    assert "".join(chunks) == whole and sum(1 for c in chunks if c) > 1
