@@ -171,3 +171,29 @@ def test_the_judge_is_safe_to_call_from_many_threads(tmp_path):
         for t in threads:
             t.join()
     assert server.calls == 5 and len((tmp_path / "c.jsonl").read_text().splitlines()) == 5
+
+
+def test_compare_predictions_judges_through_an_api_and_reruns_from_the_cache(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from compare_predictions import main
+
+    rows = lambda texts: "".join(json.dumps({"idx": i, "sample": 0, "prompt": f"q{i}", "completion": t}) + "\n"  # noqa: E731
+                                 for i, t in enumerate(texts))
+    ours, theirs = tmp_path / "ours.jsonl", tmp_path / "theirs.jsonl"
+    ours.write_text(rows(["Paris", "yes", "no"]))
+    theirs.write_text(rows(["Lyon", "maybe", "never"]))
+    server = Scripted()
+    with serve_in_thread(server.app) as url:
+        args = [str(ours), str(theirs), "--judge-api", "m", "--judge-base-url", url + "/v1",
+                "--judge-cache", str(tmp_path / "cache.jsonl")]
+        first = main(args)["llm_judge"]
+        again = main(args)["llm_judge"]
+    # the scripted judge says [[A]] whenever "Paris" is in the prompt (both orders of pair 0: a tie), else nothing
+    assert first["n"] == 3 and first["tie"] == 100.0 and first["unreadable_verdicts"] == 4
+    assert first["client"]["requests"] == 6 and first["client"]["unparseable"] == 4
+    assert again["client"]["requests"] == 0 and {k: again[k] for k in ("win", "lose", "tie")} == \
+        {k: first[k] for k in ("win", "lose", "tie")}
+    assert server.calls == 6
