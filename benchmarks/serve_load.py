@@ -11,6 +11,9 @@ throughput (requests/s, generated tokens/s) for both, the speed-up, p50/p95 late
 Bounded: ``clients x requests`` requests with a timeout each, then the server stops.
 
     HF_HUB_OFFLINE=1 python benchmarks/serve_load.py [--clients 32] [--requests 8] [--max-tokens 16] [--json out.json]
+
+``--backbone builtin:smollm2-135m --noise 0.02`` runs the same test on SmolLM2-135M-Instruct with two slightly
+perturbed copies of its head (English replies that differ per steer; an untrained demo model).
 """
 
 from __future__ import annotations
@@ -46,13 +49,13 @@ def ask(client: Any, prompt: str, steer: dict[str, float], max_tokens: int) -> t
 
 
 def load_test(clients: int = 32, requests: int = 8, max_tokens: int = 16, max_batch: int = 32,
-              batch_window_ms: float = 5.0) -> dict[str, Any]:
+              batch_window_ms: float = 5.0, backbone: str = "builtin:tiny", noise: float = 0.5) -> dict[str, Any]:
     import openai
 
     from tests.factories import steered_cmpo
     from zoo.serve import ServeSettings, create_app, serve_in_thread
 
-    module = steered_cmpo(max_new_tokens=max_tokens)
+    module = steered_cmpo(max_new_tokens=max_tokens, backbone=backbone, noise=noise)
     app = create_app(module, ServeSettings(model_name=NAME, max_batch=max_batch, batch_window_ms=batch_window_ms))
     pairs = [(p, s) for p in PROMPTS for s in STEERS]
     key = lambda p, s: (p, json.dumps(s, sort_keys=True))  # noqa: E731
@@ -65,7 +68,7 @@ def load_test(clients: int = 32, requests: int = 8, max_tokens: int = 16, max_ba
             tokens += n
         sequential = {"requests": len(pairs), "seconds": time.perf_counter() - started, "tokens": tokens}
         if len(set(reference.values())) != len(pairs):
-            raise AssertionError("the tiny model gives two (prompt, steer) pairs the same reply: a mix-up between "
+            raise AssertionError("the model gives two (prompt, steer) pairs the same reply: a mix-up between "
                                  "them would go unseen; change the prompts or the head noise")
 
         latencies, errors, mixups, tokens_done = [], [], [], []
@@ -103,7 +106,7 @@ def load_test(clients: int = 32, requests: int = 8, max_tokens: int = 16, max_ba
     return {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
                    f"torch threads {__import__('torch').get_num_threads()}",
-        "clients": clients, "requests_per_client": requests, "max_tokens": max_tokens, "max_batch": max_batch,
+        "backbone": backbone, "clients": clients, "requests_per_client": requests, "max_tokens": max_tokens, "max_batch": max_batch,
         "batch_window_ms": batch_window_ms,
         "sequential": {**sequential, "requests_per_s": seq_rps, "tokens_per_s": sequential["tokens"] / sequential["seconds"]},
         "concurrent": {"requests": total, "ok": len(latencies), "seconds": seconds, "requests_per_s": conc_rps,
@@ -122,11 +125,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--batch-window-ms", type=float, default=5.0)
+    parser.add_argument("--backbone", default="builtin:tiny")
+    parser.add_argument("--noise", type=float, default=0.5, help="std of the noise added to the CMPO heads")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    out = load_test(args.clients, args.requests, args.max_tokens, args.max_batch, args.batch_window_ms)
+    out = load_test(args.clients, args.requests, args.max_tokens, args.max_batch, args.batch_window_ms,
+                    args.backbone, args.noise)
     seq, conc = out["sequential"], out["concurrent"]
-    print(f"machine: {out['machine']}")
+    print(f"model: CMPO on {out['backbone']}; machine: {out['machine']}")
     print(f"sequential: {seq['requests']} requests one at a time: {seq['requests_per_s']:.1f} req/s, "
           f"{seq['tokens_per_s']:.0f} tokens/s")
     print(f"concurrent: {out['clients']} clients x {out['requests_per_client']} requests: {conc['ok']}/{conc['requests']} "
