@@ -12,9 +12,9 @@ sampling fields the request leaves out take the run config's ``model.sampling`` 
 
 Batching: requests are queued; the batcher takes the first, waits ``batch_window_ms`` for more (up to
 ``max_batch``), and hands them to ``generate_batch`` in the one generation thread (torch is not re-entrant
-on one model; the event loop never waits on it). ``generate_batch`` groups requests by sampling settings and
-lets ``module.generate_steered`` group them by preference; it is the one function a faster engine replaces
-(``create_app(..., generate_batch=...)``), e.g. one that mixes CMPO's Λ per row inside one batch. While a
+on one model; the event loop never waits on it). ``generate_batch`` makes one ``module.generate_steered`` call
+per group of requests sharing sampling settings and preference; it is the one function a faster engine
+replaces (``create_app(..., generate=...)``), e.g. one that mixes CMPO's Λ per row inside one batch. While a
 batch generates, new requests queue up and form the next batch.
 
 Streaming: a streamed reply's text is sent as it is generated, batched requests included: ``generate_batch``
@@ -25,7 +25,8 @@ coming whole at the end.
 
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``): 400 for malformed JSON,
 bad fields, a refused ``steer`` (the module's ``PreferenceError`` message, naming the attribute and the
-model's list), ``max_tokens`` above the limit and over-long prompts; 401 for a missing or wrong API key;
+model's list), ``max_tokens`` above the limit, prompts over the prompt limit or, with ``max_tokens``, over the
+context length; 401 for a missing or wrong API key;
 404 for an unknown model or route; 413 for a body over ``max_body_bytes``; 503 when the queue is full.
 """
 
@@ -297,7 +298,7 @@ class Batcher:
 
 # ---- requests ---------------------------------------------------------------------------------------
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_generationerror", param: str | None = None,
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
@@ -306,7 +307,7 @@ class ApiError(Exception):
         return error_response(self.status, self.message, self.type, self.param, self.code)
 
 
-def error_response(status: int, message: str, type: str = "invalid_generationerror", param: str | None = None,
+def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                    code: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
 
@@ -319,9 +320,8 @@ UNSUPPORTED = {  # fields that would change the reply's meaning if ignored
 }
 
 
-def _number(body: Mapping[str, Any], name: str, kind: type, lo: float, hi: float, default: Any,
-            lo_open: bool = False) -> Any:
-    value = body.get(name)
+def number_field(name: str, value: Any, kind: type, lo: float, hi: float, default: Any, lo_open: bool = False) -> Any:
+    """A numeric request field checked against its range (``default`` when absent or null)."""
     if value is None:
         return default
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
@@ -375,7 +375,7 @@ class Server:
     async def read_json(self, request: Request) -> dict[str, Any]:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length", "")
-        too_large = ApiError(413, f"request body over {limit} bytes", param=None, code="generationtoo_large")
+        too_large = ApiError(413, f"request body over {limit} bytes", param=None, code="request_too_large")
         if declared.isdigit() and int(declared) > limit and (
                 "100-continue" in request.headers.get("expect", "").lower() or int(declared) > DRAIN_FACTOR * limit):
             raise too_large  # the client waits for our answer before sending, or the body is absurd
@@ -412,20 +412,21 @@ class Server:
             if refused(body.get(name)):
                 raise ApiError(400, f"{name} is not supported by this server", param=name, code="unsupported")
         base = self.module.sampling
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", int, 1, sys.maxsize,
-                             min(base.max_new_tokens, self.max_tokens_limit))
+        max_tokens = number_field("max_tokens", body.get("max_completion_tokens", body.get("max_tokens")), int, 1,
+                                  sys.maxsize, min(base.max_new_tokens, self.max_tokens_limit))
         if max_tokens > self.max_tokens_limit:
             raise ApiError(400, f"max_tokens is {max_tokens}, above this model's limit of {self.max_tokens_limit}",
                            param="max_tokens", code="max_tokens_exceeded")
-        temperature = _number(body, "temperature", float, 0, 2, base.temperature)
+        temperature = number_field("temperature", body.get("temperature"), float, 0, 2, base.temperature)
         settings = SamplingSettings(
-            n=_number(body, "n", int, 1, MAX_N, 1),
+            n=number_field("n", body.get("n"), int, 1, MAX_N, 1),
             max_new_tokens=max_tokens,
             temperature=temperature,
-            top_p=_number(body, "top_p", float, 0, 1, base.top_p, lo_open=True) if temperature > 0 else 1.0,
+            top_p=number_field("top_p", body.get("top_p"), float, 0, 1, base.top_p, lo_open=True) if temperature > 0
+            else 1.0,
             top_k=base.top_k if temperature > 0 else 0,
-            seed=_number(body, "seed", int, -(2**63), 2**63 - 1, base.seed) if temperature > 0 else None,
+            seed=number_field("seed", body.get("seed"), int, -(2**63), 2**63 - 1, base.seed) if temperature > 0
+            else None,
         )
         try:
             generation_config(settings, self.module.tokenizer)

@@ -205,7 +205,7 @@ def test_a_malformed_request_gets_its_4xx_and_the_server_keeps_serving(url, what
     got, reply = http(url, "/v1/chat/completions", body)
     assert got == status, reply
     error = reply["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
     assert all(w in error["message"] for w in words), error["message"]
     good(url)
 
