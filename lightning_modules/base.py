@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,9 +216,11 @@ class CausalLMModule(L.LightningModule):
         """Samples for tokenized prompts under the current steering (``zoo.sampling``)."""
         return sample(self.model, self.tokenizer, None, settings or self.sampling, prompt_ids=prompt_ids)
 
-    def encode_prompts(self, prompts: Sequence[Sequence[Mapping[str, str]] | str]) -> list[list[int]]:
+    def encode_prompts(self, prompts: Sequence[Sequence[Mapping[str, str]] | str],
+                       truncate: bool = True) -> list[list[int]]:
         """Token ids of conversations (or bare user strings) rendered exactly as ``predict`` renders its prompts:
-        the method's prompt examples, then ``zoo.collate`` with this module's tokenize settings."""
+        the method's prompt examples, then ``zoo.collate`` with this module's tokenize settings. Over-long
+        prompts keep their end (``truncate``) or stay whole, for the caller to refuse (the server does)."""
         from zoo.collate import tokenize_examples
         from zoo.records import PromptRecord
 
@@ -225,6 +228,8 @@ class CausalLMModule(L.LightningModule):
         examples = [ex for p in prompts
                     for ex in builder.prompt_example_fn(PromptRecord(prompt=p), **builder.kwargs_for("predict"))]
         settings = dataclasses.replace(self.tokenize_settings, length_policy="truncate")
+        if not truncate:
+            settings = dataclasses.replace(settings, max_prompt_length=None, max_length=sys.maxsize)
         tok = tokenize_examples({"prompt": [e["prompt"] for e in examples], "completions": [[] for _ in examples]},
                                 self.tokenizer, settings)
         return tok["prompt_ids"]

@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 
 from zoo.collate import IGNORE_INDEX
 from zoo.logprobs import sequence_logprobs
-from zoo.sampling import Samples, SamplingSettings, generation_config, sample
+from zoo.sampling import Samples, SamplingSettings, generation_config, sample, step_streamer
 
 GOOD, BAD = 0, 1
 CONTROL_NAMES = ("good", "bad")  # index = control id; also the LoRA adapter names
@@ -357,7 +357,7 @@ def _sample_soft(model, tokenizer, control: Control, prompts, prompt_ids, settin
                     torch.manual_seed(settings.seed + start)
                 with substitute_embeddings(model, is_control.to(device), vectors):
                     out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                         generation_config=cfg)
+                                         generation_config=cfg, streamer=step_streamer(start * settings.n))
             eos = tokenizer.eos_token_id
             for row in out[:, width:].tolist():
                 stop = row.index(eos) if eos in row else None

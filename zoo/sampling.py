@@ -2,17 +2,24 @@
 
 Built on ``transformers`` ``generate`` (KV cache, top-p, EOS stopping). Prompts are left-padded so
 every row's continuation starts at the same column; the result keeps texts, token ids and whether each
-sample was cut by ``max_new_tokens`` before it reached EOS.
+sample was cut by ``max_new_tokens`` before it reached EOS. Inside ``listen_to_tokens(listener)`` every
+decoding step is also handed to ``listener`` as it happens (the server streams replies with it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
+
+TokenListener = Callable[[int, list[int]], None]  # (first row of the generate call, each row's new token)
+_listener: ContextVar[TokenListener | None] = ContextVar("steerzoo_token_listener", default=None)
 
 
 @dataclass
@@ -59,6 +66,40 @@ def generation_config(s: SamplingSettings, tokenizer: PreTrainedTokenizerBase) -
     )
 
 
+@contextmanager
+def listen_to_tokens(listener: TokenListener) -> Iterator[None]:
+    """Inside this context (in this thread), each decoding step of ``sample`` calls ``listener(first_row,
+    tokens)``: ``tokens[r]`` is the new token of row ``first_row + r`` of the prompts passed to ``sample``
+    (rows are prompt-major, ``n`` per prompt; a row past its EOS keeps receiving pad tokens)."""
+    reset = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(reset)
+
+
+class StepStreamer(BaseStreamer):
+    """A ``transformers`` streamer handing each decoding step to ``listener`` (the prompt it gets first is skipped)."""
+
+    def __init__(self, listener: TokenListener, first_row: int):
+        self.listener, self.first_row, self.prompt_seen = listener, first_row, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.listener(self.first_row, value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+def step_streamer(first_row: int) -> StepStreamer | None:
+    """The streamer for a ``generate`` call whose rows start at ``first_row``, when a listener is active."""
+    listener = _listener.get()
+    return StepStreamer(listener, first_row) if listener is not None else None
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -91,9 +132,8 @@ def sample(
                                        enabled=settings.seed is not None):
                 if settings.seed is not None:  # reproducible per chunk, and the caller's RNG stream is untouched
                     torch.manual_seed(settings.seed + start)
-                out = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=cfg
-                )
+                out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                     generation_config=cfg, streamer=step_streamer(start * settings.n))
             for row in out[:, width:].tolist():
                 eos = tokenizer.eos_token_id
                 stop = row.index(eos) if eos in row else None
