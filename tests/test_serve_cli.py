@@ -97,7 +97,7 @@ def test_steerzoo_serve_is_train_py_serve(monkeypatch, capsys):
 
 def test_serve_refuses_a_checkpoint_of_another_model(tmp_cwd):
     """The configured module checks the checkpoint before serving it (``on_load_checkpoint``)."""
-    from lightning_modules.cli import serving_app
+    from lightning_modules.serving import serving_app
 
     (tmp_cwd / "no_lora.yaml").write_text(NO_LORA)
     dpo_root = tmp_cwd / "dpo"
