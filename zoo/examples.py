@@ -52,8 +52,8 @@ class ExampleBuilder:
         tokenizer / tokenize: how examples become ids (``zoo.collate.tokenize_examples``).
         prompt_example_fn: prompt record -> prompt-only example (``predict``).
         split_kwargs: keyword arguments of ``example_fn`` / ``prompt_example_fn`` per split.
-        group_by_prompt: CMPO pairs up all responses of a prompt, so it needs them together.
-        collate: ``zoo.collate.PadCollator`` options (DPO's prefix sharing).
+        group_by_prompt: a method that pairs up all responses of a prompt needs them together.
+        collate: ``zoo.collate.PadCollator`` options (prefix sharing).
         code: digest of the method's example code, so editing it invalidates cached examples.
         split_kinds: record kinds per split where they differ from ``record_kind`` (``predict`` is always
             ``prompt``); an online method evaluates on prompts (``{"validation": "prompt"}``).

@@ -112,14 +112,14 @@ class Record:
 
 @dataclass(frozen=True)
 class PromptRecord(Record):
-    """A prompt alone, for on-policy sampling (ALT, DPA, PPO, evaluation)."""
+    """A prompt alone, for on-policy sampling (online methods, evaluation)."""
 
     kind: ClassVar[str] = "prompt"
 
 
 @dataclass(frozen=True)
 class Demonstration(Record):
-    """A prompt with one reference response (SFT targets, TL;DR reference summaries)."""
+    """A prompt with one reference response (fine-tuning targets, TL;DR reference summaries)."""
 
     kind: ClassVar[str] = "demonstration"
     response: str = ""
@@ -174,7 +174,7 @@ class ScoredResponse(Record):
         return row
 
     def normalized(self, low: float = 0.0, high: float = 1.0) -> dict[str, float]:
-        """Scores mapped linearly from each declared scale onto ``[low, high]`` (DPA uses 0-100)."""
+        """Scores mapped linearly from each declared scale onto ``[low, high]`` (e.g. 0-100)."""
         return {
             a: low + (s - self.scales[a][0]) / (self.scales[a][1] - self.scales[a][0]) * (high - low)
             for a, s in self.scores.items()

@@ -1,6 +1,6 @@
 """The online loop's memory: what each round sampled and how it scored.
 
-Online methods (rejection-sampling fine-tuning, ALT, DPA) repeat *round = sample → score → build data →
+Online methods (rejection sampling, learning from textual feedback, direction-conditioned fine-tuning) repeat *round = sample → score → build data →
 train*. A ``RoundPool`` keeps every round's samples as ``ScoredResponse`` records together with the round
 index and the policy version (global step) that produced them. It is part of every checkpoint (so a run killed
 while sampling or training continues as if uninterrupted) and is also written as JSON Lines per round

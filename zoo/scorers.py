@@ -1,6 +1,6 @@
 """Offline attribute scorers: scores for text no human labelled.
 
-DPA's reward model labels its own samples, ALT turns rewards into feedback words, the steering sweeps
+A reward model labels an online method's samples, rewards become feedback words, the steering sweeps
 score generations per attribute, and the embedded demo data (real HH text) gets multi-attribute labels
 from these. Every scorer has a name per output and a declared scale, so its scores become
 ``ScoredResponse`` records directly.
