@@ -1,5 +1,5 @@
-"""A judge on any OpenAI-compatible chat endpoint (OpenAI, vLLM, steerzoo's own ``serve``): MEET's pairwise
-judge (the ``zoo.judge.Judge`` callable, ``(system | None, user) -> text``), ALT's feedback, P-Soups' evaluation.
+"""A judge on any OpenAI-compatible chat endpoint (OpenAI, vLLM, steerzoo's own ``serve``): the pairwise
+judge (the ``zoo.judge.Judge`` callable, ``(system | None, user) -> text``), textual feedback, preference evaluation.
 
     judge = OpenAIJudge("gpt-4o-2024-08-06", parser=partial(parse_verdict, "dialogue"),
                         cache_path="outputs/judge_cache.jsonl")

@@ -14,7 +14,7 @@ Batching: requests are queued; the batcher takes the first, waits ``batch_window
 ``max_batch``), and hands them to ``generate_batch`` in the one generation thread (torch is not re-entrant
 on one model; the event loop never waits on it). ``generate_batch`` makes one ``module.generate_steered`` call
 per group of requests sharing sampling settings and preference; it is the one function a faster engine
-replaces (``create_app(..., generate=...)``), e.g. one that mixes CMPO's Λ per row inside one batch. While a
+replaces (``create_app(..., generate=...)``), e.g. one that mixes a plural model's Λ per row inside one batch. While a
 batch generates, new requests queue up and form the next batch.
 
 Streaming: a streamed reply's text is sent as it is generated, batched requests included: ``generate_batch``
@@ -129,7 +129,7 @@ def generate_batch(module: Servable, requests: Sequence[GenerationRequest],
     Requests sharing sampling settings and preference form one ``generate_steered`` call (the grouping every
     method does today); ``on_tokens``, if given, hears each decoding step as it happens (``zoo.sampling.
     listen_to_tokens``), for streaming. A group that fails is retried request by request, so one bad request
-    fails alone. A rollout engine that mixes CMPO's Λ per row in one batch replaces this function."""
+    fails alone. A rollout engine that mixes a plural model's Λ per row in one batch replaces this function."""
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
         groups.setdefault((r.batch_key(), r.preference), []).append(i)
