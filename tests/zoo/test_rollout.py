@@ -72,9 +72,14 @@ def test_greedy_equals_generate_at_n1(model, tok):
 
 
 def test_shared_prefill_equals_independent_generation_per_sample(model, tok):
-    ps = prompts((5, 14, 9))
-    s = SamplingSettings(n=4, max_new_tokens=8, temperature=0.9, top_k=50, top_p=0.95, seed=3, batch_size=2)
+    # groups of 3 prompts, prefilled in buckets [5, 6], [9] and [13, 14]; stop strings and the cap end rows at
+    # different steps, so rows leave the batch and later rows move into their slots
+    ps = prompts((5, 14, 9, 13, 6))
+    s = SamplingSettings(n=4, max_new_tokens=8, temperature=0.9, top_k=50, top_p=0.95, seed=3, batch_size=3,
+                         max_total_length=19, stop=list("aeiou0123456789"))
     got = generate(model, tok, ps, s)
+    assert {c.finish_reason for c in got.completions} == {"stop", "length"}
+    assert len({len(c.token_ids) for c in got.completions}) > 3
     for i, p in enumerate(ps):
         for j, c in enumerate(got.for_prompt(i)):
             # sample j of prompt i on its own: full forward each step, no cache, no batch, its own generator
@@ -120,16 +125,25 @@ def test_per_row_heads_equal_each_weight_vector_alone_with_fused_heads(model, to
     plural = PluralHead(model.lm_head, ["a", "b", "c"], init="lowrank", rank=4)
     with torch.no_grad():
         plural.B.normal_(std=0.5, generator=torch.Generator().manual_seed(1))  # heads that really differ
-    p = prompts((6,))[0]
+    p = prompts((6, 6, 8, 22))  # prefilled in two buckets: [6, 6, 8] and [22]
+    p[1] = p[0]  # one prompt under two weight vectors
     lams = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0]])
-    got = generate(model, tok, [p] * 4, SamplingSettings(max_new_tokens=8, temperature=0.0), head=plural,
-                   head_args=(lams,))
-    for i, lam in enumerate(lams):
-        fused = copy.deepcopy(model)
+    fused = []
+    for lam in lams:
+        fused.append(copy.deepcopy(model))
         with torch.no_grad():
-            fused.lm_head.weight.copy_(plural.mixed_weight(lam))
-        assert got.completions[i].token_ids == hf_greedy(fused, tok, [p], 8)[0], i
-    assert len({tuple(c.token_ids) for c in got.completions}) > 1  # the weights steer: rows differ
+            fused[-1].lm_head.weight.copy_(plural.mixed_weight(lam))
+    # row 0 stops early at a character of its own output (a later row and its weights move into its slot); the
+    # cap gives the last row 6 new tokens
+    text = tok.decode(hf_greedy(fused[0], tok, [p[0]], 8)[0])
+    stop = next(ch for ch in text[1:] if ch.isascii() and ch.isprintable())
+    s = SamplingSettings(max_new_tokens=8, temperature=0.0, max_total_length=28, stop=[stop])
+    got = generate(model, tok, p, s, head=plural, head_args=(lams,)).completions
+    assert got[0].finish_reason == "stop" and len(got[0].token_ids) < len(got[1].token_ids)
+    for i in range(4):  # reference: plain model.generate with the fused head, one prompt at a time
+        want = generate(fused[i], tok, [p[i]], SamplingSettings(**{**vars(s), "engine": "hf"})).completions[0]
+        assert got[i].token_ids == want.token_ids, i
+    assert got[0].token_ids != got[1].token_ids[: len(got[0].token_ids)]  # the weights steer
 
 
 def test_prefill_hook_wraps_the_prefill_forward_only(model, tok):
