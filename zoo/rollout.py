@@ -313,6 +313,39 @@ def row_cache_layers(model: nn.Module, rows: int, capacity: int) -> list[RowCach
     return None
 
 
+def step_traffic(model: nn.Module) -> tuple[int, int] | None:
+    """(bytes of weights, bytes of K/V per cached token): what a decode step reads from memory; None where
+    the config does not say."""
+    config = model.config.get_text_config()
+    layers, kv_heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_key_value_heads", None)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if not layers or not kv_heads:
+        return None
+    size = next(model.parameters()).element_size()
+    return sum(p.numel() * p.element_size() for p in model.parameters()), 2 * layers * kv_heads * head_dim * size
+
+
+def decode_batches(lengths: Sequence[int], n: int, new_tokens: int, weight_bytes: int, kv_bytes: int
+                   ) -> list[range]:
+    """Split prompts sorted by length into decode batches that minimise the memory a decode step reads.
+
+    A CPU decode step is bound by memory traffic: each batch reads the weights once, and every row reads its
+    K/V over the batch's padded width. One batch of HH prompts from 36 to 590 tokens at n = 8 reads ~13x
+    more K/V than the weights; splitting it by length costs a few extra weight passes and saves most of that.
+    Exact dynamic programme over contiguous runs (P^2 terms, P = prompts per batch)."""
+    best, cut = [0.0] + [float("inf")] * len(lengths), [0] * (len(lengths) + 1)
+    for j in range(1, len(lengths) + 1):
+        for i in range(j):
+            cost = best[i] + weight_bytes + n * (j - i) * (lengths[j - 1] + new_tokens / 2) * kv_bytes
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    parts, j = [], len(lengths)
+    while j:
+        parts.append(range(cut[j], j))
+        j = cut[j]
+    return parts[::-1]
+
+
 def prefill_buckets(lengths: Sequence[int], max_padding: float = 0.25) -> list[range]:
     """Split prompts sorted by length into runs whose left padding stays under ``max_padding`` of their
     real tokens: each prompt is prefilled once, with little padding (HH prompts of one batch range from 36
@@ -415,11 +448,16 @@ def _lean(model, tokenizer, prompt_ids, s: SamplingSettings, head, head_args, pr
     for k in set(range(len(prompt_ids))) - set(todo):  # a prompt already at the cap: nothing to generate
         for j in range(s.n):
             rows[k * s.n + j] = _Row(k, j, 0, 0, None, finish="length")
+    traffic = step_traffic(model)
     for start in range(0, len(todo), s.batch_size):
-        group = todo[start : start + s.batch_size]
-        for row in _decode_group(model, forward, tokenizer, prompt_ids, s, group, budgets, index, base, head_args,
-                                 prefill_hook, timing):
-            rows[row.prompt * s.n + row.sample] = row
+        batch = todo[start : start + s.batch_size]
+        parts = [range(len(batch))] if traffic is None else decode_batches(
+            [len(prompt_ids[k]) for k in batch], s.n, s.max_new_tokens, *traffic)
+        for part in parts:
+            group = batch[part.start : part.stop]
+            for row in _decode_group(model, forward, tokenizer, prompt_ids, s, group, budgets, index, base,
+                                     head_args, prefill_hook, timing):
+                rows[row.prompt * s.n + row.sample] = row
     completions = []
     for row in rows:
         text = row.text if row.text is not None else tokenizer.decode(row.tokens, skip_special_tokens=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zoo.plural import PluralHead
-from zoo.rollout import SamplingSettings, generate, next_tokens, prefill_buckets, sample_seed
+from zoo.rollout import SamplingSettings, decode_batches, generate, next_tokens, prefill_buckets, sample_seed
 from zoo.sampling import sample
 from zoo.tiny import tiny_model, tiny_tokenizer
 
@@ -243,6 +243,14 @@ def test_seeded_rollouts_are_reproducible_and_independent_of_the_batch(model, to
     assert [c.token_ids for c in alone.completions] == first[9:12]
     other = generate(model, tok, ps, SamplingSettings(**{**vars(s), "seed": 8}))
     assert first != [c.token_ids for c in other.completions]
+
+
+def test_decode_batches_split_where_padding_outweighs_a_weight_pass():
+    lengths = [36, 40, 44, 52, 57, 69, 82, 96, 590]
+    weights, kv = 538_000_000, 46_080  # SmolLM2-135M fp32: weight bytes, K/V bytes per cached token
+    assert decode_batches(lengths, 1, 64, weights, kv) == [range(0, 9)]  # 9 rows: padding is cheap
+    # 8 samples each: padding the 64 short rows to 590 would add K/V reads of ~2.7 weight passes per step
+    assert decode_batches(lengths, 8, 64, weights, kv) == [range(0, 8), range(8, 9)]
 
 
 def test_prefill_buckets_bound_the_padding():
