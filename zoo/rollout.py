@@ -12,7 +12,8 @@ sampled token, a finish reason and, for the call, the time spent in prefill and 
   writes one column instead of concatenating the whole cache, which halved the step at 128-256 rows on CPU.
   ``torch.compile`` is not used: the loop's shapes change every step (one more column, fewer rows).
 - ``hf``: plain ``model.generate`` (``num_return_sequences=n``), the reference path and fallback.
-- ``VLLMEngine``: vLLM, colocated, for GPU users (optional extra ``[vllm]``; untested in this repository).
+- ``zoo.rollout_vllm.VLLMEngine``: vLLM, colocated, for GPU users (optional extra ``[vllm]``; untested in this
+  repository).
 
 What ``Completion.logprobs`` are. Entry t is log p_T(y_t | x, y_<t) = log_softmax(logits / T)[y_t]: the
 model's own distribution at the sampling temperature T *before* top-k/top-p truncation (T = 1 for greedy),
@@ -261,16 +262,21 @@ class RowCacheLayer(DynamicLayer):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         h, dk, dv = key_states.shape[1], key_states.shape[-1], value_states.shape[-1]
         self.device = key_states.device
-        self.k_buf = key_states.new_zeros(self.max_rows, h, self.capacity, dk)
-        self.v_buf = value_states.new_zeros(self.max_rows, h, self.capacity, dv)
+        # not zeroed: a column is written before attention reads it, or zeroed by `place` as padding (zeroing
+        # a 256-row buffer first cost seconds of page faults and a pass over gigabytes)
+        self.k_buf = key_states.new_empty(self.max_rows, h, self.capacity, dk)
+        self.v_buf = value_states.new_empty(self.max_rows, h, self.capacity, dv)
         self.is_initialized = True
 
     def place(self, row: int, end: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Write a prefilled block [k, heads, w, dim] into rows [row, row + k), columns [end - w, end): left
-        padding to the batch's width ``end`` (the columns before stay zero and masked)."""
+        padding to the batch's width ``end``. The padding columns are zeroed: masked, but a masked NaN would
+        still poison the attention sum."""
         if not self.is_initialized:
             self.lazy_initialization(keys, values)
         k, w = keys.shape[0], keys.shape[-2]
+        self.k_buf[row : row + k, :, : end - w] = 0
+        self.v_buf[row : row + k, :, : end - w] = 0
         self.k_buf[row : row + k, :, end - w : end] = keys
         self.v_buf[row : row + k, :, end - w : end] = values
         self.length = end
@@ -647,78 +653,3 @@ def _hf_completion(ids: list[int], logps: list[float], budget: int, prompt_index
     if text is None:
         text = tokenizer.decode(ids, skip_special_tokens=True)
     return Completion(prompt_index, sample_index, ids, text, logps[: len(ids)], reason)
-
-
-# ---- vLLM engine (GPU; untested here) ------------------------------------------------------------------
-class VLLMEngine:
-    """vLLM behind the same interface, colocated with the policy on the training GPU.
-
-    UNTESTED IN THIS REPOSITORY: the development machines have no GPU and no ``vllm`` (``pip install
-    steerzoo[vllm]`` on a CUDA machine). ``tests/zoo/test_rollout.py::test_vllm_sync_weights_matches_policy``
-    checks weight sync where both exist and is skipped, with its reason, everywhere else.
-
-    After each optimizer phase call ``sync_weights(policy)``: full weights are loaded into vLLM's model in place
-    (as TRL's colocated GRPO and OpenRLHF do); under LoRA only the adapter tensors are written to a directory
-    and served as a new ``LoRARequest``. Log-probs are vLLM's ``processed_logprobs`` (after temperature), which
-    equal ``Completion.logprobs``' definition only without top-k/top-p, so truncated sampling is refused.
-    Seeds are vLLM's per-request seeds (reproducible in vLLM, not equal to the lean engine's draws); the
-    prefill/decode split is not reported (``prefill_s`` is NaN, ``decode_s`` the whole call)."""
-
-    def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, lora: bool = False, **llm_kwargs):
-        import vllm  # the optional extra; imported only here
-
-        llm_kwargs.setdefault("gpu_memory_utilization", 0.3)  # colocated: leave the rest to training
-        llm_kwargs.setdefault("logprobs_mode", "processed_logprobs")
-        if lora:
-            llm_kwargs.setdefault("enable_lora", True)
-        self.vllm, self.tokenizer, self.lora = vllm, tokenizer, lora
-        self.llm = vllm.LLM(model=model_path, **llm_kwargs)
-        self.lora_request, self._lora_dir = None, None
-
-    def generate(self, prompt_ids: Sequence[Sequence[int]], settings: SamplingSettings) -> Rollout:
-        check_settings(settings)
-        budgets = token_budgets(prompt_ids, settings)
-        if settings.top_p < 1 or settings.top_k:
-            raise ValueError("VLLMEngine: vLLM's log-probs are taken after top-k/top-p truncation, not the "
-                             "log_softmax(logits / T) that Completion.logprobs promises; sample without them")
-        params = [self.vllm.SamplingParams(
-            n=settings.n, temperature=settings.temperature, max_tokens=budget, logprobs=0, stop=settings.stop,
-            seed=None if settings.seed is None else sample_seed(settings.seed, i, 0) % 2**31)
-            for i, budget in enumerate(budgets)]
-        t0 = time.perf_counter()
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], params,
-                                    lora_request=self.lora_request, use_tqdm=False)
-        timing = Timing(prefill_s=float("nan"), decode_s=time.perf_counter() - t0)
-        completions = []
-        for i, out in enumerate(outputs):
-            for j, o in enumerate(out.outputs):
-                reason = "length" if o.finish_reason == "length" else "stop" if isinstance(o.stop_reason, str) else "eos"
-                logps = [lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs)]
-                completions.append(Completion(i, j, list(o.token_ids), o.text, logps, reason))
-                timing.generated_tokens += len(o.token_ids)
-        return Rollout(completions=completions, n=settings.n, timing=timing)
-
-    def sync_weights(self, policy: nn.Module | dict[str, torch.Tensor]) -> None:
-        """Push the policy's current weights into vLLM (full state dict, or LoRA adapter files)."""
-        if self.lora:
-            import tempfile
-
-            from vllm.lora.request import LoRARequest
-
-            self._lora_dir = self._lora_dir or tempfile.mkdtemp(prefix="steerzoo_vllm_lora_")
-            policy.save_pretrained(self._lora_dir)  # a PeftModel: adapter_config.json + adapter tensors only
-            version = 1 if self.lora_request is None else self.lora_request.lora_int_id + 1
-            self.lora_request = LoRARequest(f"policy-{version}", version, self._lora_dir)
-            return
-        state = policy if isinstance(policy, dict) else policy.state_dict()
-        worker = self.llm.llm_engine.model_executor.driver_worker
-        runner = getattr(worker, "worker", worker).model_runner  # V1 wraps the worker once more
-        runner.model.load_weights(weights=list(state.items()))
-        self.llm.reset_prefix_cache()  # cached prompt K/V belong to the old weights
-
-    def score(self, token_ids: Sequence[int]) -> list[float]:
-        """log p(token_t | tokens_<t) for t >= 1 under vLLM's current weights (prompt log-probs, T = 1)."""
-        params = self.vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
-        out = self.llm.generate([{"prompt_token_ids": list(token_ids)}], params, lora_request=self.lora_request,
-                                use_tqdm=False)[0]
-        return [lp[t].logprob for t, lp in zip(token_ids[1:], out.prompt_logprobs[1:])]

@@ -302,7 +302,7 @@ def test_vllm_sync_weights_matches_policy(tmp_path, tok):
         pytest.skip("vllm is not installed (optional extra [vllm], GPU only): VLLMEngine is untested here")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: VLLMEngine is untested here")
-    from zoo.rollout import VLLMEngine
+    from zoo.rollout_vllm import VLLMEngine
 
     policy = tiny_model().cuda()
     policy.save_pretrained(tmp_path / "policy")
