@@ -28,11 +28,12 @@ Seeds and batch invariance (lean engine). Sample j of prompt i draws one uniform
 generator, seeded from (``seed``, prompt index, j) (``sample_seed``), and takes the first token whose cumulative
 probability exceeds it (inverse-CDF sampling). So its draws do not depend on which other prompts share the
 batch, on ``batch_size``, on the process that runs it, or on when other rows finish; the global RNG is never
-touched (without a seed, one draw from it picks the base seed). What is *not* bitwise batch-invariant: the
-logits themselves. A row's matmuls and masked attention run with different batch sizes and padding widths in
-different groupings, so log-probs agree to float rounding (~1e-6 in fp32), and a token can differ where a
-rounding-level change crosses a sampling boundary or a greedy near-tie — rare, but possible. The ``hf`` engine
-seeds the global generator per chunk (as before) and is reproducible only for the same batches.
+touched (without a seed, one draw from it picks the base seed; on each rank its own). What is *not* bitwise
+batch-invariant: the logits themselves. A row's matmuls and masked attention run with different batch sizes
+and padding widths in different groupings, so log-probs agree to float rounding (~1e-6 in fp32), and a token
+can differ where a rounding-level change crosses a sampling boundary or a greedy near-tie — rare, but
+possible. The ``hf`` engine seeds the global generator per chunk (as before) and is reproducible only for the
+same batches.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class SamplingSettings:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
-    batch_size: int = 16  # prompts per decode batch (each with its n samples)
+    batch_size: int = 16  # prompts per decode batch, at most (each with its n samples; split by length)
     seed: int | None = None
     stop: list[str] | None = None  # stop strings: the text is cut before the first one
     max_total_length: int | None = None  # cap on prompt + completion tokens
@@ -324,10 +325,13 @@ def step_traffic(model: nn.Module) -> tuple[int, int] | None:
     the config does not say."""
     config = model.config.get_text_config()
     layers, kv_heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_key_value_heads", None)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if not layers or not kv_heads:
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
+    if not layers or not kv_heads or not head_dim:
         return None
-    size = next(model.parameters()).element_size()
+    param = next(model.parameters())
+    device = param.device.type  # K/V come out in the autocast dtype where autocast is on
+    size = torch.get_autocast_dtype(device).itemsize if torch.is_autocast_enabled(device) else param.element_size()
     return sum(p.numel() * p.element_size() for p in model.parameters()), 2 * layers * kv_heads * head_dim * size
 
 
