@@ -6,8 +6,9 @@ prompt-major (sample j of prompt i at ``i * n + j``), each with its token ids, t
 sampled token, a finish reason and, for the call, the time spent in prefill and decode. Three engines:
 
 - ``lean`` (default): our own decode loop over the model's forward. Prompts are sorted by length and decoded
-  ``batch_size`` prompts at a time; each prompt is prefilled ONCE and its KV cache repeated for its n samples;
-  rows that finish leave the batch; a step computes logits for the last position only and samples with a few
+  at most ``batch_size`` prompts at a time (fewer where padding would cost more memory traffic than another
+  pass over the weights, ``decode_batches``); each prompt is prefilled ONCE, in length buckets with little
+  padding, and its KV cache repeated for its n samples; rows that finish leave the batch; a step computes logits for the last position only and samples with a few
   tensor ops (no logits-processor machinery). K/V live in preallocated buffers (``RowCacheLayer``): a step
   writes one column instead of concatenating the whole cache, which halved the step at 128-256 rows on CPU.
   ``torch.compile`` is not used: the loop's shapes change every step (one more column, fewer rows).
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
@@ -186,41 +188,38 @@ def generate(
             raise ValueError(f"head_args[{k}] has {a.shape[0]} rows; it needs one per prompt ({len(prompt_ids)})")
     if settings.engine == "hf" and head is not None:
         raise ValueError("a custom head needs the lean engine (sampling.engine: lean)")
-    import torch.distributed as dist
-
     if split_across_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return _split_across_ranks(model, tokenizer, prompt_ids, settings, head, head_args, prefill_hook, index,
                                    budgets)
+    completions, timing = _local(model, tokenizer, prompt_ids, settings, head, head_args, prefill_hook, index,
+                                 budgets)
+    return Rollout(completions=completions, n=settings.n, timing=timing)
+
+
+def _local(model, tokenizer, prompt_ids, settings, head, head_args, prefill_hook, index, budgets
+           ) -> tuple[list[Completion], Timing]:
+    """This process's completions from the chosen engine, the model in eval mode (restored after)."""
     run = _lean if settings.engine == "lean" else _hf
     was_training = model.training
     model.eval()
     try:
-        completions, timing = run(model, tokenizer, prompt_ids, settings, head, head_args, prefill_hook, index, budgets)
+        return run(model, tokenizer, prompt_ids, settings, head, head_args, prefill_hook, index, budgets)
     finally:
         model.train(was_training)
-    return Rollout(completions=completions, n=settings.n, timing=timing)
 
 
 def _split_across_ranks(model, tokenizer, prompt_ids, settings, head, head_args, prefill_hook, index,
                         budgets) -> Rollout:
     """Rank r takes every world-th prompt in length order (balanced work), then all ranks exchange results.
     Seeds follow the global prompt index, so the gathered result is the one-process result."""
-    import torch.distributed as dist
-
     world, rank = dist.get_world_size(), dist.get_rank()
     by_length = sorted(range(len(prompt_ids)), key=lambda k: len(prompt_ids[k]))
     mine = sorted(by_length[rank::world])
     local: tuple[list[Completion], Timing] = ([], Timing())
     if mine:
-        was_training = model.training
-        model.eval()
-        try:
-            local = (_lean if settings.engine == "lean" else _hf)(
-                model, tokenizer, [prompt_ids[k] for k in mine], settings, head,
-                [a[torch.tensor(mine, device=a.device)] for a in head_args], prefill_hook,
-                [index[k] for k in mine], [budgets[k] for k in mine])
-        finally:
-            model.train(was_training)
+        local = _local(model, tokenizer, [prompt_ids[k] for k in mine], settings, head,
+                       [a[torch.tensor(mine, device=a.device)] for a in head_args], prefill_hook,
+                       [index[k] for k in mine], [budgets[k] for k in mine])
     gathered: list = [None] * world
     dist.all_gather_object(gathered, (mine, *local))
     n = settings.n
