@@ -52,6 +52,8 @@ from torch import nn
 from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
+from zoo.backbone import base_model, trunk_and_head, uses_peft
+
 FinishReason = Literal["eos", "length", "stop"]
 Engine = Literal["lean", "hf"]
 Head = Callable[..., torch.Tensor]  # head(hidden [M, H], *row_args) -> logits [M, V]
@@ -376,8 +378,6 @@ class _Forward:
     def __init__(self, model: nn.Module, head: Head | None):
         self.model, self.head = model, head
         if head is not None:
-            from zoo.backbone import trunk_and_head
-
             self.trunk = trunk_and_head(model)[0]
 
     def __call__(self, input_ids, attention_mask, position_ids, cache, row_args) -> torch.Tensor:
@@ -445,9 +445,7 @@ def _check_stop(row: _Row, tokenizer: PreTrainedTokenizerBase, stop: Sequence[st
 
 def _lean(model, tokenizer, prompt_ids, s: SamplingSettings, head, head_args, prefill_hook, index, budgets
           ) -> tuple[list[Completion], Timing]:
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning:
+    if uses_peft(model) and model.peft_config[model.active_adapter].is_prompt_learning:
         raise ValueError("PEFT prompt tuning adds its virtual tokens inside PeftModel.generate; the lean engine "
                          "does not: set sampling.engine: hf")
     base = s.seed if s.seed is not None else int(torch.randint(2**62, (1,)).item())
@@ -625,8 +623,6 @@ def _timed_generate(model, input_ids, attention, cfg: GenerationConfig, timing: 
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(new tokens [rows, steps], their log_softmax(logits / T) [rows, steps]); the prefill is timed up to the
     return of the first forward."""
-    from zoo.backbone import base_model
-
     forwards: list[float] = []
     handle = base_model(model).register_forward_hook(lambda *a: forwards.append(time.perf_counter()))
     t0 = time.perf_counter()

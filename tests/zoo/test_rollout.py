@@ -288,6 +288,16 @@ def test_bad_input_is_refused_before_generation(model, tok, prompt_ids, settings
     assert not calls
 
 
+def test_prompt_tuning_needs_the_hf_engine(tok):
+    from zoo.backbone import BackboneConfig, PromptTuningSettings, load_backbone
+
+    peft = load_backbone(BackboneConfig(name_or_path="builtin:tiny", prompt_tuning=PromptTuningSettings(4)))
+    with pytest.raises(ValueError, match=r"PEFT prompt tuning .* set sampling.engine: hf"):
+        generate(peft, tok, [[1, 2, 3]], SamplingSettings(max_new_tokens=3, temperature=0.0))
+    out = generate(peft, tok, [[1, 2, 3]], SamplingSettings(max_new_tokens=3, temperature=0.0, engine="hf"))
+    assert len(out.completions[0].token_ids) == 3 and peft.training  # train mode restored
+
+
 def test_head_args_need_one_row_per_prompt(model, tok):
     plural = PluralHead(model.lm_head, ["a", "b"])
     with pytest.raises(ValueError, match=r"head_args\[0\] has 3 rows; it needs one per prompt \(2\)"):
