@@ -177,6 +177,20 @@ def test_prefill_hook_wraps_the_prefill_forward_only(model, tok):
     assert sum(width > 1 for _, (_, width) in calls) == len(seen)
 
 
+def test_soft_prompt_hook_gives_the_same_samples_on_both_engines(model, tok):
+    from zoo.control import GOOD, Control, ControlSettings, SoftPrompts, generate_with_control
+
+    torch.manual_seed(1)
+    soft = SoftPrompts(torch.randn(2, 3, model.config.hidden_size))
+    control = Control(ControlSettings(kind="prompt", length=3), pad_id=tok.pad_token_id, soft_prompts=soft)
+    ps = prompts((4, 9, 6))
+    s = SamplingSettings(max_new_tokens=6, temperature=0.0)
+    lean = generate_with_control(model, tok, control, ps, s, GOOD)
+    hf = generate_with_control(model, tok, control, ps, SamplingSettings(**{**vars(s), "engine": "hf"}), GOOD)
+    plain = sample(model, tok, None, s, prompt_ids=ps)
+    assert lean.token_ids == hf.token_ids and lean.token_ids != plain.token_ids  # the soft prompt acts
+
+
 def test_stop_string_cuts_the_text_and_ends_the_sample(model, tok):
     p = tok("Hello there", add_special_tokens=False)["input_ids"]
     ref = generate(model, tok, [p], SamplingSettings(max_new_tokens=16, temperature=0.0)).completions[0]
