@@ -18,7 +18,7 @@ replaces (``create_app(..., generate=...)``), e.g. one that mixes a plural model
 batch generates, new requests queue up and form the next batch.
 
 Streaming: a streamed reply's text is sent as it is generated, batched requests included: ``generate_batch``
-hands each decoding step to the batcher (``zoo.sampling.listen_to_tokens``), which decodes each reply token by
+hands each decoding step to the batcher (``zoo.rollout.listen_to_tokens``), which decodes each reply token by
 token (``TextStream``: incomplete characters and possible starts of stop strings are held back) and sends the
 new text as an SSE chunk. A replacement ``generate_batch`` that does not report steps still streams, its text
 coming whole at the end.
@@ -54,7 +54,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zoo.preference import Preference, PreferenceError, Steerable
 from zoo.records import RecordError
-from zoo.sampling import Samples, SamplingSettings, generation_config, listen_to_tokens
+from zoo.rollout import check_settings, listen_to_tokens
+from zoo.sampling import Samples, SamplingSettings
 
 MAX_N = 16  # samples per request
 MAX_STOP = 4  # stop strings per request (OpenAI's limit)
@@ -127,7 +128,7 @@ def generate_batch(module: Servable, requests: Sequence[GenerationRequest],
     """One ``Samples`` (one prompt, ``settings.n`` samples) per request, or the exception that request raised.
 
     Requests sharing sampling settings and preference form one ``generate_steered`` call (the grouping every
-    method does today); ``on_tokens``, if given, hears each decoding step as it happens (``zoo.sampling.
+    method does today); ``on_tokens``, if given, hears each decoding step as it happens (``zoo.rollout.
     listen_to_tokens``), for streaming. A group that fails is retried request by request, so one bad request
     fails alone. A rollout engine that mixes a plural model's Λ per row in one batch replaces this function."""
     groups: dict[tuple, list[int]] = {}
@@ -137,9 +138,8 @@ def generate_batch(module: Servable, requests: Sequence[GenerationRequest],
     for (_, preference), rows in groups.items():
         settings = dataclasses.replace(requests[rows[0]].settings, batch_size=len(rows))
 
-        def listener(first_row: int, tokens: list[int], rows: list[int] = rows, n: int = settings.n) -> None:
-            for r, token in enumerate(tokens, start=first_row):  # rows are prompt-major, n per prompt
-                on_tokens(rows[r // n], r % n, token)
+        def listener(position: int, sample: int, token: int, rows: list[int] = rows) -> None:
+            on_tokens(rows[position], sample, token)
 
         try:
             with listen_to_tokens(listener) if on_tokens is not None else nullcontext():
@@ -429,7 +429,7 @@ class Server:
             else None,
         )
         try:
-            generation_config(settings, self.module.tokenizer)
+            check_settings(settings)
         except ValueError as e:
             raise ApiError(400, str(e), param="n" if settings.n > 1 else None) from None
         stop = body.get("stop")
