@@ -107,6 +107,7 @@ class CausalLMModule(L.LightningModule):
 
     record_kind: ClassVar[str] = "preference"
     group_by_prompt: ClassVar[bool] = False
+    mixes_preferences: ClassVar[bool] = False  # generate_steered serves different preferences in one batch
     attributes: list[str] = []  # what ``steer`` accepts; a steerable method sets its own before super().__init__
 
     def __init__(

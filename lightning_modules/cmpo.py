@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from lightning_modules.base import prompt_samples
 from lightning_modules.cmpo_pairs import WEIGHTINGS, Weighting, prompt_pairs
 from lightning_modules.dpo import DPO
 from zoo.backbone import base_model, resolve_path
@@ -37,6 +38,8 @@ from zoo.metrics import ResumableMean
 from zoo.plural import HeadInit, PluralHead
 from zoo.preference import Preference
 from zoo.records import Record
+from zoo.rollout import generate
+from zoo.sampling import Samples, SamplingSettings
 
 HEADS_FILE, META_FILE = "plural_heads.safetensors", "cmpo.json"
 
@@ -185,6 +188,23 @@ class CMPO(DPO):
     def apply_preference(self, preference: Preference) -> FusedHead:
         """Inside the context the model's LM head is the fused Σ λ_j W_j (generation, predict)."""
         return FusedHead(self, preference.vector())
+
+    mixes_preferences = True
+
+    def generate_steered(self, prompt_ids: Sequence[Sequence[int]], preferences: Sequence[Any],
+                         settings: SamplingSettings | None = None) -> list[Samples]:
+        """Prompts under different Λ in ONE batch: the rollout engine applies the plural heads row by row
+        (``PluralHead(hidden, Λ_row)``). A batch with a single Λ fuses the heads once instead (one head's cost,
+        the same numbers as ``predict``)."""
+        settings = settings or self.sampling
+        prefs = [self.preference(p) if p is not None else self.default_preference() for p in preferences]
+        if len(set(prefs)) <= 1 or settings.engine != "lean":
+            return super().generate_steered(prompt_ids, prefs, settings)
+        lam = torch.stack([p.vector() for p in prefs]).to(self.heads.weight.device if self.head_init == "copy"
+                                                          else self.heads.A.device)
+        rollout = generate(self.model, self.tokenizer, prompt_ids, settings, head=self.heads, head_args=(lam,))
+        samples = Samples.from_rollout([self.tokenizer.decode(p) for p in prompt_ids], rollout)
+        return [prompt_samples(samples, i) for i in range(len(prompt_ids))]
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Trunk (HF directory or PEFT adapter) + ``plural_heads.safetensors`` + ``cmpo.json`` (attributes)."""

@@ -13,7 +13,8 @@ sampling fields the request leaves out take the run config's ``model.sampling`` 
 Batching: requests are queued; the batcher takes the first, waits ``batch_window_ms`` for more (up to
 ``max_batch``), and hands them to ``generate_batch`` in the one generation thread (torch is not re-entrant
 on one model; the event loop never waits on it). ``generate_batch`` makes one ``module.generate_steered`` call
-per group of requests sharing sampling settings and preference; it is the one function a faster engine
+per group of requests sharing sampling settings (and preference, unless the module mixes preferences in one batch:
+plural heads applied row by row); it is the one function a faster engine
 replaces (``create_app(..., generate=...)``), e.g. one that mixes a plural model's Λ per row inside one batch. While a
 batch generates, new requests queue up and form the next batch.
 
@@ -131,11 +132,12 @@ def generate_batch(module: Servable, requests: Sequence[GenerationRequest],
     method does today); ``on_tokens``, if given, hears each decoding step as it happens (``zoo.rollout.
     listen_to_tokens``), for streaming. A group that fails is retried request by request, so one bad request
     fails alone. A rollout engine that mixes a plural model's Λ per row in one batch replaces this function."""
+    mixes = getattr(module, "mixes_preferences", False)  # e.g. plural heads applied row by row
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
-        groups.setdefault((r.batch_key(), r.preference), []).append(i)
+        groups.setdefault((r.batch_key(), None if mixes else r.preference), []).append(i)
     out: list[Samples | Exception | None] = [None] * len(requests)
-    for (_, preference), rows in groups.items():
+    for _, rows in groups.items():
         settings = dataclasses.replace(requests[rows[0]].settings, batch_size=len(rows))
 
         def listener(position: int, sample: int, token: int, rows: list[int] = rows) -> None:
@@ -143,8 +145,8 @@ def generate_batch(module: Servable, requests: Sequence[GenerationRequest],
 
         try:
             with listen_to_tokens(listener) if on_tokens is not None else nullcontext():
-                samples = module.generate_steered([requests[i].prompt_ids for i in rows], [preference] * len(rows),
-                                                  settings)
+                samples = module.generate_steered([requests[i].prompt_ids for i in rows],
+                                                  [requests[i].preference for i in rows], settings)
             for i, s in zip(rows, samples):
                 out[i] = s
         except Exception as e:  # noqa: BLE001  (reported per request)
