@@ -85,9 +85,10 @@ class SavePretrained(L.Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # trainer.log_dir broadcasts from rank 0: every rank must ask, before the others return
+        path = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "hf")
         if not trainer.is_global_zero or not hasattr(pl_module, "save_pretrained"):
             return
-        path = Path(self.dirpath or Path(trainer.log_dir or "outputs") / "hf")
         pl_module.save_pretrained(path)
         print(f"saved the trained model to {path}")
 

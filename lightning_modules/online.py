@@ -6,7 +6,7 @@ whose replies can be replayed) to ``make_round`` (``ExampleBuilder.rounds``), wh
 
 1. samples ``samples_per_prompt`` replies from the *current* policy for a seeded subset of the prompts (the
    round's seed is fixed by (seed, round), so a round sampled again after a crash is the same round;
-   ``zoo.sampling`` batched generation, each process its share of the prompts, gathered in prompt order),
+   the rollout engine, each process its share of the prompts, gathered in prompt order),
 2. scores every sample with the configured scorers (``zoo.scorers``: offline scorers or a saved reward model;
    NaN or a wrong number of scores stop the run naming the scorer),
 3. keeps the round in the ``RoundPool`` (saved in every checkpoint, also written as
@@ -37,6 +37,7 @@ import torch
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass
 from zoo.examples import ExampleBuilder
 from zoo.records import Record, ScoredResponse
+from zoo.rollout import generate
 from zoo.rounds import Round, RoundPool, checked_scores, objective, round_seed
 from zoo.sampling import Samples, SamplingSettings
 from zoo.scorers import Scorer, build_scorers, score_all
@@ -146,10 +147,13 @@ class OnlineModule(CausalLMModule):
         """n samples per prompt from the current policy, scored: every process samples a share, all gather."""
         prompt_ids = self.encode_prompts([rec.prompt for rec in records])
         settings = dataclasses.replace(self.round_sampling, seed=round_seed(self.round_seed, r))
-        texts = self.generate_shared(prompt_ids, settings).texts
+        where = f"{type(self).__name__} round {r}"
+        try:
+            texts = self.generate_shared(prompt_ids, settings).texts
+        except ValueError as e:  # a prompt over the length cap, bad settings: say which round
+            raise ValueError(f"{where}: {e}") from None
         n = settings.n
         prompts = [self.tokenizer.decode(p) for p in prompt_ids for _ in range(n)]
-        where = f"{type(self).__name__} round {r}"
         scores = checked_scores(score_all(self.scorers, prompts, texts), len(texts), where)
         scales = {a: s.scales[a] for s in self.scorers for a in s.names}
         samples = []
@@ -165,21 +169,10 @@ class OnlineModule(CausalLMModule):
         return Round(index=r, policy_step=self.global_step, n=n, samples=samples)
 
     def generate_shared(self, prompt_ids: list[list[int]], settings: SamplingSettings) -> Samples:
-        """``generate`` with every process taking every world_size-th prompt, gathered back in prompt order."""
-        t = self._trainer
-        world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
-        if world == 1:
-            return self.generate(prompt_ids, settings)
-        mine = self.generate(prompt_ids[rank::world], settings)
-        shares: list[Samples | None] = [None] * world
-        torch.distributed.all_gather_object(shares, mine)
-        texts, ids, truncated = [], [], []
-        for i in range(len(prompt_ids)):
-            s, j = shares[i % world], i // world
-            texts += s.texts[j * s.n : (j + 1) * s.n]
-            ids += s.token_ids[j * s.n : (j + 1) * s.n]
-            truncated += s.truncated[j * s.n : (j + 1) * s.n]
-        return Samples([self.tokenizer.decode(p) for p in prompt_ids], texts, ids, truncated, settings.n)
+        """The policy's samples for every prompt; with several processes each generates a share and all get the
+        whole, in prompt order, identical to one process's (seeds follow the prompt, not the process)."""
+        rollout = generate(self.model, self.tokenizer, prompt_ids, settings, split_across_ranks=True)
+        return Samples.from_rollout([self.tokenizer.decode(p) for p in prompt_ids], rollout)
 
     def objective_of(self, samples: Sequence[ScoredResponse]) -> list[float]:
         return objective({a: [s.scores[a] for s in samples] for a in samples[0].scores}, self.objective_weights)

@@ -171,3 +171,11 @@ def test_an_empty_prompt_set_is_refused(tmp_path):
     cli = main(args(tmp_path), run=False)
     with pytest.raises(ValueError, match="gave no demonstration records to sample prompts from"):
         cli.model.make_round(0, [])
+
+
+def test_a_prompt_over_the_length_cap_stops_before_any_training_step(tmp_path):
+    cli = main([*args(tmp_path), "--model.init_args.round_sampling", "{max_new_tokens: 6, max_total_length: 10}"],
+               run=False)
+    with pytest.raises(ValueError, match="RSF round 0: prompt 0 has \\d+ tokens, more than sampling.max_total_length 10"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 0
