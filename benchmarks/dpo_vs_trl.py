@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from measure import cpu_snapshot, memory_baseline, peak_rss_kib, run_worker  # noqa: E402  (benchmarks/measure.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -49,27 +50,6 @@ SIDES = ("steerzoo", "trl", "trl_precompute")
 PRECISIONS = {"fp32": ("32-true", False), "bf16-mixed": ("bf16-mixed", True)}  # Lightning precision, TRL bf16
 TARGET_SPEED, TARGET_MEMORY = 1.5, 0.7
 WORK = Path(tempfile.gettempdir()) / "steerzoo_dpo_vs_trl"
-
-
-# ---- measuring ------------------------------------------------------------------------------------------
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def memory_baseline() -> int:
-    """Reset the peak-RSS counter to the current RSS and return it (KiB)."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_kib("VmRSS")
-
-
-def cpu_snapshot() -> tuple[float, float, float, float]:
-    """(wall s, machine busy CPU-s incl. steal, machine total CPU-s, this process's CPU-s)."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    hz = os.sysconf("SC_CLK_TCK")
-    return time.perf_counter(), (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz, time.process_time()
 
 
 class Steps:
@@ -165,7 +145,7 @@ def run_steerzoo(precision: str, warmup: int, steps: int) -> dict[str, Any]:
                         use_distributed_sampler=False, callbacks=[Timer()], default_root_dir=str(WORK))
     base = memory_baseline()
     trainer.fit(module, datamodule=dm)
-    return {"timer": timer, "peak_kib": _status_kib("VmHWM") - base, "ref_pass_s": cache.get("train"),
+    return {"timer": timer, "peak_kib": peak_rss_kib() - base, "ref_pass_s": cache.get("train"),
             "rows": len(dm.datasets["train"]), "checkpointing": module.model.is_activation_checkpointing}
 
 
@@ -217,7 +197,7 @@ def run_trl(precision: str, warmup: int, steps: int, precompute: bool) -> dict[s
     trainer = IdsDPOTrainer(model=policy, args=config, train_dataset=train, processing_class=module.tokenizer,
                             callbacks=[Timer()])
     trainer.train()
-    return {"timer": timer, "peak_kib": _status_kib("VmHWM") - base, "ref_pass_s": info.get("ref_pass_s"),
+    return {"timer": timer, "peak_kib": peak_rss_kib() - base, "ref_pass_s": info.get("ref_pass_s"),
             "rows": len(train), "checkpointing": trainer.model.is_activation_checkpointing,
             "ref_model": trainer.ref_model is not None}
 
@@ -247,18 +227,10 @@ def worker(side: str, precision: str, warmup: int, steps: int, result: str) -> N
 def run_config(side: str, precision: str, warmup: int, steps: int) -> dict[str, Any]:
     WORK.mkdir(parents=True, exist_ok=True)
     result, log = WORK / f"{side}-{precision}.json", WORK / f"{side}-{precision}.log"
-    result.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--worker", side, "--precision", precision, "--warmup", str(warmup),
            "--steps", str(steps), "--result", str(result)]
-    # idle OpenMP threads sleep instead of spinning, so the process's CPU time is the work it did even when
-    # other processes share the cores (see cpu_tok_s)
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "TQDM_DISABLE": "1"}
     t0 = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if proc.returncode != 0 or not result.exists():
-        sys.exit(f"{side} {precision} failed (exit {proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
-    r = json.loads(result.read_text())
+    r = run_worker(cmd, result, log, f"{side} {precision}", REPO)
     print(f"  {side:15s} {precision:10s} {r['tok_s']:7.1f} tok/s ({r['cpu_tok_s']:.1f} per CPU-time) "
           f"peak +{r['peak_mib']:6.0f} MiB; {r['tokens']} tokens in {r['seconds']:.1f} s, other processes "
           f"{100 * r['others_cpu_share']:.0f}% of the CPUs; worker {time.perf_counter() - t0:.0f} s", flush=True)

@@ -33,7 +33,6 @@ import argparse
 import gzip
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from measure import cpu_snapshot, memory_baseline, peak_rss_kib, run_worker  # noqa: E402  (benchmarks/measure.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -50,36 +51,17 @@ SIDES = ("engine", "generate")
 WORK = Path(tempfile.gettempdir()) / "steerzoo_rollout_vs_generate"
 
 
-# ---- measuring (as in dpo_vs_trl.py) -----------------------------------------------------------------------
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def memory_baseline() -> int:
-    """Reset the peak-RSS counter to the current RSS and return it (KiB)."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_kib("VmRSS")
-
-
-def cpu_snapshot() -> tuple[float, float, float, float]:
-    """(wall s, machine busy CPU-s incl. steal, machine total CPU-s, this process's CPU-s)."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    hz = os.sysconf("SC_CLK_TCK")
-    return time.perf_counter(), (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz, time.process_time()
-
-
 # ---- the two sides ----------------------------------------------------------------------------------------
 def hh_prompts(tokenizer: Any, count: int) -> list[list[int]]:
     """The first ``count`` prompts of the HH helpful-base test sample, chat-rendered, as token ids."""
-    from datamodules.hh_rlhf import SAMPLE_FILE, HHRLHFDataModule
+    from datamodules.base import SAMPLES
+    from datamodules.hh_rlhf import HHRLHFDataModule
     from zoo.collate import render_prompt
     from zoo.records import RecordError
 
     out = []
-    with gzip.open(SAMPLE_FILE, "rt") as f:
+    (sample,) = HHRLHFDataModule.sample_files["train"]
+    with gzip.open(SAMPLES / sample, "rt") as f:
         for line in f:
             try:  # the datamodule's own row -> prompt record conversion
                 messages = HHRLHFDataModule.to_records(json.loads(line), "prompt")[0].prompt
@@ -144,7 +126,7 @@ def worker(side: str, precision: str, count: int, n: int, greedy: bool, result: 
         "side": side, "precision": precision, "prompts": count, "n": n, "greedy": greedy, "rows": rows,
         "tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds, "cpu_tok_s": tokens / (cpu / THREADS),
         "others_cpu_share": max(0.0, (b1 - b0) - cpu) / max(a1 - a0, 1e-9),
-        "peak_mib": (_status_kib("VmHWM") - base) / 1024, "prompt_tokens": sum(map(len, prompts)),
+        "peak_mib": (peak_rss_kib() - base) / 1024, "prompt_tokens": sum(map(len, prompts)),
         "padded_prompt_tokens": max(map(len, prompts)) * count,
         "timing": None if timing is None else vars(timing)}))
 
@@ -154,15 +136,9 @@ def run_config(side: str, precision: str, count: int, n: int, greedy: bool) -> d
     WORK.mkdir(parents=True, exist_ok=True)
     name = f"{side}-{precision}-p{count}-n{n}{'-greedy' if greedy else ''}"
     result, log = WORK / f"{name}.json", WORK / f"{name}.log"
-    result.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--worker", side, "--precision", precision, "--prompts", str(count),
            "--n", str(n), "--result", str(result)] + (["--greedy"] if greedy else [])
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "TQDM_DISABLE": "1"}
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if proc.returncode != 0 or not result.exists():
-        sys.exit(f"{name} failed (exit {proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
-    r = json.loads(result.read_text())
+    r = run_worker(cmd, result, log, name, REPO)
     print(f"  {name:32s} {r['tok_s']:7.1f} tok/s ({r['cpu_tok_s']:6.1f} per CPU-time), peak +{r['peak_mib']:6.0f} MiB, "
           f"{r['tokens']} tokens in {r['seconds']:.1f} s, others {100 * r['others_cpu_share']:.0f}% of the CPUs",
           flush=True)

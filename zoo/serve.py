@@ -408,6 +408,15 @@ class Server:
             raise ApiError(404, f"the model {name!r} does not exist; this server serves "
                                 f"{self.settings.model_name!r}", param="model", code="model_not_found")
 
+    async def read_request(
+        self, request: Request
+    ) -> tuple[dict[str, Any], tuple[SamplingSettings, Preference | None, list[str]]]:
+        """A generation request's checks in order (key, JSON body, model name), then its common fields."""
+        self.check_key(request)
+        body = await self.read_json(request)
+        self.check_model(body)
+        return body, self.parse_common(body)
+
     def parse_common(self, body: Mapping[str, Any]) -> tuple[SamplingSettings, Preference | None, list[str]]:
         """Sampling settings (the config's ``model.sampling`` for fields left out), the steering, the stops."""
         for name, refused in UNSUPPORTED.items():
@@ -603,10 +612,7 @@ def create_app(module: Servable, settings: ServeSettings, generate: GenerateBatc
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        server.check_key(request)
-        body = await server.read_json(request)
-        server.check_model(body)
-        sampling, preference, stop = server.parse_common(body)
+        body, (sampling, preference, stop) = await server.read_request(request)
         ids = await server.encode_chat(body.get("messages"), sampling.max_new_tokens)
         generation = GenerationRequest(ids, preference, sampling)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
@@ -637,10 +643,7 @@ def create_app(module: Servable, settings: ServeSettings, generate: GenerateBatc
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        server.check_key(request)
-        body = await server.read_json(request)
-        server.check_model(body)
-        sampling, preference, stop = server.parse_common(body)
+        body, (sampling, preference, stop) = await server.read_request(request)
         prompts = body.get("prompt")
         prompts = [prompts] if isinstance(prompts, str) else prompts
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
