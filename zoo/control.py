@@ -1,7 +1,7 @@
 """Control tokens θ_c = {θ_c^w, θ_c^l}: a "good" and a "bad" condition for controllable generation.
 
-MEET (Xue et al., "Parameter-Efficient Tuning Helps Language Model Alignment", arXiv 2310.00819) and its
-Chain-of-Hindsight baseline train M(y_w | x, θ_c^w, θ) and M(y_l | x, θ_c^l, θ) and sample from the
+Xue et al., "Parameter-Efficient Tuning Helps Language Model Alignment" (arXiv 2310.00819), and its
+Chain-of-Hindsight baseline, train M(y_w | x, θ_c^w, θ) and M(y_l | x, θ_c^l, θ) and sample from the
 "good" condition. Three kinds of θ_c (``ControlSettings.kind``):
 
 - ``prompt``: two soft prompts of length L, each initialised with the word "good" / "bad" repeated L
@@ -86,7 +86,7 @@ def control_rows(batch_size: int, device: torch.device | None = None) -> torch.T
 def meet_loss(
     logp_good: torch.Tensor, count_good: torch.Tensor, logp_bad: torch.Tensor, count_bad: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MEET's conditional LM loss (Eq. 1, and Eq. 2 where only θ_c trains), token-mean over the batch:
+    """The control-token conditional LM loss (Xue et al.) (Eq. 1, and Eq. 2 where only θ_c trains), token-mean over the batch:
 
         L = −Σ_i [ log M(y_w,i | x_i, θ_c^w, θ) + log M(y_l,i | x_i, θ_c^l, θ) ] / Σ_i (|y_w,i| + |y_l,i|)
 

@@ -1,5 +1,5 @@
-"""The rollout engine: the one generation path that predict, ALT, DPA, Personalized Soups, best-of-n and a
-server sample from the current policy through.
+"""The rollout engine: the one generation path that predict, every online method (best-of-n, feedback-conditioned
+and direction-conditioned loops, merged policies) and a server sample from the current policy through.
 
 ``generate(model, tokenizer, prompt_ids, settings)`` turns P prompts (token ids) into P × n completions,
 prompt-major (sample j of prompt i at ``i * n + j``), each with its token ids, text, the log-prob of every
@@ -187,8 +187,8 @@ def generate(
             e.g. ``zoo.plural.PluralHead`` with per-request Λ.
         head_args: per-prompt tensors [P, ...]; each prompt's row reaches ``head`` with each of its samples.
         prefill_hook: ``prefill_hook(prompt_index [b], input_ids [b, T], attention_mask [b, T])`` returns a
-            context manager entered around the prefill forward only (rows left-padded). MEET's soft prompts
-            substitute embedding rows in it. The ``hf`` engine enters it around the whole ``generate`` call.
+            context manager entered around the prefill forward only (rows left-padded). Soft-prompt control
+            tokens substitute embedding rows in it. The ``hf`` engine enters it around the whole ``generate`` call.
         prompt_index: each prompt's index for seeding and for ``prefill_hook`` (default 0..P-1).
         split_across_ranks: with torch.distributed initialised, every rank passes the SAME prompts, generates
             its share and returns the whole result in prompt order. Off by default: under DDP predict or
