@@ -96,6 +96,8 @@ def test_policy_logps_are_mixed_head_logps_and_loss_matches_hand_computation(tmp
     dm = SyntheticSteering(batch_size=4).attach(module.example_builder())
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
+    # the data's Λ are one-hot, where mixing logits and mixing probabilities agree: one row gets a mixed Λ
+    batch["weights"][0] = torch.tensor([0.3, 0.7], dtype=batch["weights"].dtype)
     with torch.no_grad():  # make the heads differ, as after training
         module.heads.weight[0].add_(torch.randn_like(module.heads.weight[0]) * 0.5)
         pol, _ = module.policy_logps(batch)
@@ -103,7 +105,7 @@ def test_policy_logps_are_mixed_head_logps_and_loss_matches_hand_computation(tmp
     b = batch["idx"].shape[0]
     rows = dm.datasets["train"].select(batch["idx"].tolist())
     for i, row in enumerate(rows):
-        lam = row["weights"]
+        lam = batch["weights"][i].tolist()
         for j, completion in enumerate(row["completion_ids"]):  # chosen (block 0), rejected (block 1)
             by_hand = mixed_head_logps_by_hand(module, {"prompt_ids": row["prompt_ids"], "completion": completion}, lam)
             assert pol[j * b + i].item() == pytest.approx(by_hand, abs=1e-3)

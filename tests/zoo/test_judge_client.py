@@ -86,10 +86,19 @@ class Scripted:
         if status != 200:
             return JSONResponse({"error": {"message": f"scripted {status}", "type": "x", "param": None, "code": None}},
                                 status, headers=self.headers)
-        text = "[[A]]" if "Paris" in body["messages"][-1]["content"] else "no verdict here"
+        text = self.verdict(body["messages"][-1]["content"])
         return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                           "finish_reason": "stop"}]})
+
+
+    @staticmethod
+    def verdict(content: str) -> str:
+        """Prefers the answer that says "Paris" in a pairwise prompt; "[[A]]" for any other prompt naming Paris."""
+        for side in "AB":
+            if f"[The Start of Assistant {side}'s Answer]\nParis" in content:
+                return f"[[{side}]]"
+        return "[[A]]" if "Paris" in content else "no verdict here"
 
 
 def fast_judge(url: str, **kw) -> OpenAIJudge:
@@ -183,7 +192,7 @@ def test_compare_predictions_judges_through_an_api_and_reruns_from_the_cache(tmp
     rows = lambda texts: "".join(json.dumps({"idx": i, "sample": 0, "prompt": f"q{i}", "completion": t}) + "\n"  # noqa: E731
                                  for i, t in enumerate(texts))
     ours, theirs = tmp_path / "ours.jsonl", tmp_path / "theirs.jsonl"
-    ours.write_text(rows(["Paris", "yes", "no"]))
+    ours.write_text(rows(["Paris", "Paris, yes", "no"]))
     theirs.write_text(rows(["Lyon", "maybe", "never"]))
     server = Scripted()
     with serve_in_thread(server.app) as url:
@@ -191,9 +200,11 @@ def test_compare_predictions_judges_through_an_api_and_reruns_from_the_cache(tmp
                 "--judge-cache", str(tmp_path / "cache.jsonl")]
         first = main(args)["llm_judge"]
         again = main(args)["llm_judge"]
-    # the scripted judge says [[A]] whenever "Paris" is in the prompt (both orders of pair 0: a tie), else nothing
-    assert first["n"] == 3 and first["tie"] == 100.0 and first["unreadable_verdicts"] == 4
-    assert first["client"]["requests"] == 6 and first["client"]["unparseable"] == 4
+    # the scripted judge prefers the answer that starts with "Paris", in either position: ours wins pairs 0 and 1
+    # in both orders; pair 2 gets no verdict (a tie, its two unreadable replies counted)
+    assert first["n"] == 3 and first["unreadable_verdicts"] == 2
+    assert (first["win"], first["lose"], first["tie"]) == pytest.approx((200 / 3, 0.0, 100 / 3))
+    assert first["client"]["requests"] == 6 and first["client"]["unparseable"] == 2
     assert again["client"]["requests"] == 0 and {k: again[k] for k in ("win", "lose", "tie")} == \
         {k: first[k] for k in ("win", "lose", "tie")}
     assert server.calls == 6
