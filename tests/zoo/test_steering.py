@@ -44,8 +44,13 @@ def test_ignored_weights_fail():
 
 
 def test_a_monotone_effect_within_noise_fails():
-    weak = sweep(verbosity_slope=0.3, sentiment_slope=0.005, noise=3.0)
+    # a small steady trend (ρ = 1) under per-prompt noise of ±3 (mean 0 at every point, other signs at the end)
+    lam = np.array([p.weights[0] for p in GRID])[:, None]
+    flip = np.tile(3.0 * (-1.0) ** np.arange(16), (len(GRID), 1))
+    flip[-1] = 3.0 * (-1.0) ** (np.arange(16) // 2)
+    weak = SweepResult("verbosity", GRID, {"verbosity": 40 + 0.5 * lam + flip, "sentiment": 0.5 * (1 - lam) + flip})
     for attr in ATTRS:
+        assert abs(weak.spearman(attr)) == pytest.approx(1.0)
         assert not weak.beyond_noise(attr) and not weak.follows_weight(attr)
 
 
@@ -57,7 +62,7 @@ def test_a_side_measure_has_no_verdict():
 def test_steering_sweep_scores_each_point_and_writes_the_figure(tmp_path):
     texts = {p: [" ".join(["word"] * int(1 + 10 * p.weights[0]))] * 4 for p in GRID}
     result = steering_sweep(lambda p: texts[p], GRID, "verbosity", ["q"] * 4, [], n=1)
-    np.testing.assert_array_equal(result.means("words"), [11, 8.5, 6, 3.5, 1])
+    np.testing.assert_array_equal(result.means("words"), [11, 8, 6, 3, 1])
     png = result.write(tmp_path)
     assert png.exists() and png.stat().st_size > 0
     assert {"sweep.md", "sweep.csv"} <= {p.name for p in tmp_path.iterdir()}
