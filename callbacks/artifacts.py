@@ -87,12 +87,13 @@ class SavePretrained(L.Callback):
         self.written: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not hasattr(pl_module, "save_pretrained"):
-            return
+        # trainer.log_dir broadcasts from rank 0: every rank must ask, before the others return
         if self.dirpath is None:
             path = Path(trainer.log_dir or trainer.default_root_dir) / "hf"
         else:
             path = Path(trainer.default_root_dir) / self.dirpath  # an absolute dirpath stays as it is
+        if not trainer.is_global_zero or not hasattr(pl_module, "save_pretrained"):
+            return
         pl_module.save_pretrained(path)
         self.written = path
         print(f"saved the trained model to {path}")

@@ -37,6 +37,8 @@ class SteeringSweep(L.Callback):
         self.png: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # trainer.log_dir broadcasts from rank 0: every rank must ask, before the others return
+        out = Path(self.out_dir or Path(trainer.log_dir or trainer.default_root_dir) / "steering")
         if not trainer.is_global_zero:
             return
         attrs = list(getattr(pl_module, "attributes", []))
@@ -63,7 +65,6 @@ class SteeringSweep(L.Callback):
             grid = [grid[0], grid[-1]]
         self.result = steering_sweep(generate, grid, a, prompts, build_scorers(self.scorer_names),
                                      pl_module.sampling.n)
-        out = Path(self.out_dir or Path(trainer.log_dir or trainer.default_root_dir) / "steering")
         self.png = self.result.write(out, title=f"{type(pl_module).__name__} steering sweep")
         print(f"\nSteering sweep ({len(prompts)} held-out prompts):\n{self.result.table()}\n"
               f"(table, per-prompt scores and plot: {out}/sweep.md, sweep.csv, {self.png.name})")

@@ -331,9 +331,28 @@ class RecordDataModule(L.LightningDataModule):
 
     def build_split(self, split: str) -> datasets.Dataset:
         """Records of ``split`` -> the attached method's examples -> token ids, with an ``idx`` column."""
+        kind = self._builder().kind_for(split)
+        return self.tokenized_examples(split, self._cap(split, self.records(split, kind)), kind)
+
+    def build_round(self, epoch: int) -> datasets.Dataset:
+        """An online method's train split for ``epoch``: the method makes the records from this DataModule's
+        source records (``ExampleBuilder.rounds``); they then take the same path as any records."""
         b = self._builder()
-        kind = b.kind_for(split)
-        recs = self._cap(split, self.records(split, kind))
+        source = self._cap("train", self.records("train", b.rounds_source_kind))
+        cls = RECORD_TYPES[b.rounds_source_kind]
+        made = b.rounds(epoch, [cls.from_row(row) for row in source])
+        if not made:
+            raise ValueError(f"{b.method}: round of epoch {epoch} made no training records from {len(source)} "
+                             f"{b.rounds_source_kind} records")
+        kinds = {r.kind for r in made}
+        if kinds != {b.record_kind}:
+            raise ValueError(f"{b.method}: a round must make {b.record_kind!r} records, got {sorted(kinds)}")
+        recs = datasets.Dataset.from_list([r.to_row() for r in made])
+        return self.tokenized_examples("train", recs, b.record_kind)
+
+    def tokenized_examples(self, split: str, recs: datasets.Dataset, kind: str) -> datasets.Dataset:
+        """Record rows of ``kind`` -> the attached method's examples -> token ids, with an ``idx`` column."""
+        b = self._builder()
         if b.grouped(split):
             examples = group_examples(recs, b.example_fn, kind, **b.kwargs_for(split))
         else:
@@ -372,6 +391,8 @@ class RecordDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         for split in STAGE_SPLITS.get(stage or "fit", ()):
+            if split == "train" and self._builder().rounds is not None:
+                continue  # made per epoch by the method (``build_round``), once the model exists
             if split not in self.datasets:
                 self.datasets[split] = self.build_split(split)
         if self.trainer is not None and self.trainer.logger is not None and self.reports:
@@ -447,6 +468,8 @@ class RecordDataModule(L.LightningDataModule):
 
     # ---- Lightning's loaders --------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
+        if self._builder().rounds is not None:  # an online method: this epoch's round
+            self.datasets["train"] = self.build_round(self.trainer.current_epoch if self.trainer is not None else 0)
         loader = self.loader("train", self.batch_size, shuffle=True)
         self._apply_resume(loader.sampler)
         return loader

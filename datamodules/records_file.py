@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
 
 from datamodules.base import HubOrFilesDataModule
-from zoo.records import RECORD_TYPES, PromptRecord, Record, RecordError
+from zoo.records import RECORD_TYPES, PromptRecord, Record, RecordError, write_records  # noqa: F401  (re-exported)
 
 
 class RecordsFileDataModule(HubOrFilesDataModule):
@@ -85,14 +84,3 @@ class RecordsFileDataModule(HubOrFilesDataModule):
         if kind == "prompt":
             return [PromptRecord(prompt=record.prompt, source_id=record.source_id)]
         raise RecordError(f"the file holds {file_kind} records; the method needs {kind!r} records", field="kind")
-
-
-def write_records(path: str, records: list[Record]) -> None:
-    """Write ``records`` as JSONL in the form ``RecordsFileDataModule`` reads (atomically: a tmp file renamed)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r.to_row()) + "\n")
-    tmp.replace(target)

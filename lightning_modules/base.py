@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,7 @@ from zoo.backbone import (
 )
 from zoo.collate import TokenizeSettings
 from zoo.examples import ExampleBuilder, code_digest, prompt_examples
+from zoo.memory_plan import MethodFacts, ModelFacts
 from zoo.preference import Preference
 from zoo.records import Record
 from zoo.sampling import Samples, SamplingSettings, sample
@@ -105,6 +107,7 @@ class CausalLMModule(L.LightningModule):
 
     record_kind: ClassVar[str] = "preference"
     group_by_prompt: ClassVar[bool] = False
+    mixes_preferences: ClassVar[bool] = False  # generate_steered serves different preferences in one batch
     attributes: list[str] = []  # what ``steer`` accepts; a steerable method sets its own before super().__init__
 
     def __init__(
@@ -214,9 +217,11 @@ class CausalLMModule(L.LightningModule):
         """Samples for tokenized prompts under the current steering (``zoo.sampling``)."""
         return sample(self.model, self.tokenizer, None, settings or self.sampling, prompt_ids=prompt_ids)
 
-    def encode_prompts(self, prompts: Sequence[Sequence[Mapping[str, str]] | str]) -> list[list[int]]:
+    def encode_prompts(self, prompts: Sequence[Sequence[Mapping[str, str]] | str],
+                       truncate: bool = True) -> list[list[int]]:
         """Token ids of conversations (or bare user strings) rendered exactly as ``predict`` renders its prompts:
-        the method's prompt examples, then ``zoo.collate`` with this module's tokenize settings."""
+        the method's prompt examples, then ``zoo.collate`` with this module's tokenize settings. Over-long
+        prompts keep their end (``truncate``) or stay whole, for the caller to refuse (the server does)."""
         from zoo.collate import tokenize_examples
         from zoo.records import PromptRecord
 
@@ -224,6 +229,8 @@ class CausalLMModule(L.LightningModule):
         examples = [ex for p in prompts
                     for ex in builder.prompt_example_fn(PromptRecord(prompt=p), **builder.kwargs_for("predict"))]
         settings = dataclasses.replace(self.tokenize_settings, length_policy="truncate")
+        if not truncate:
+            settings = dataclasses.replace(settings, max_prompt_length=None, max_length=sys.maxsize)
         tok = tokenize_examples({"prompt": [e["prompt"] for e in examples], "completions": [[] for _ in examples]},
                                 self.tokenizer, settings)
         return tok["prompt_ids"]
@@ -398,6 +405,18 @@ class CausalLMModule(L.LightningModule):
                 f"{where} is from another model: it holds {info['module']} on {info['backbone']!r}, this run is "
                 f"{type(self).__name__} on {self.backbone_cfg.name_or_path!r} (first differing weights: {diff})"
             )
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """How this method uses ``model`` (the backbone's meta-device counts, ``backbone.lora`` included),
+        read from a config's ``init_args`` alone: the plan runs before anything is built or loaded.
+
+        The default is a plain LM method: one row per example, completion log-probs through the chunked LM
+        head, no reference; the base trains unless LoRA is on. A method that holds or runs more overrides
+        this (calling it first) and says in its docstring what it holds per device.
+        """
+        return MethodFacts(cls.__name__)
 
 
 def split_decay(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -10,12 +10,18 @@ What the CLI adds to Lightning's:
   every output — CSV and TensorBoard logs (unless the config names its own loggers), ``checkpoints/``,
   ``hf/``, ``predictions/``, steering sweeps and data reports;
 - ``--overwrite``: outputs that would replace an existing file (a named predictions file) may do so;
-- bf16 on a CPU without bf16 instructions runs as fp32 (``--bf16_fallback``).
+- bf16 on a CPU without bf16 instructions runs as fp32 (``--bf16_fallback``);
+- ``serve``: the configured model with a checkpoint's weights behind an OpenAI-compatible API with a ``steer``
+  field (``zoo.serve``): ``python train.py serve --config <the run's config> --ckpt_path <ckpt>``, or
+  ``steerzoo-serve --config ... --ckpt_path ...``. Options: ``--host`` (127.0.0.1), ``--port`` (8000; 0 picks
+  a free one), ``--api_key`` (or env ``STEERZOO_API_KEY``), ``--model_name`` (default: the run directory's
+  name), ``--max_batch``, ``--batch_window_ms``, ``--max_body_bytes``; ``--steer`` sets the default steering.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,12 +32,17 @@ from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
 import datamodules  # noqa: E402,F401  (registers the DataModules for class_path lookup)
 import lightning_modules  # noqa: E402,F401
 from callbacks.checkpoint_io import AtomicCheckpointIO, RunCheckpoint  # noqa: E402
+from lightning_modules.serving import SteerZooTrainer  # noqa: E402
 from zoo.precision import resolve_precision  # noqa: E402
 
 DEFAULT_LOGGERS = (("lightning.pytorch.loggers.CSVLogger", "csv"), ("lightning.pytorch.loggers.TensorBoardLogger", "tb"))
 
 
 class SteerZooCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "serve": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--bf16_fallback", type=bool, default=True,
@@ -97,8 +108,14 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},  # re-running in the same folder must not crash
+        trainer_class=SteerZooTrainer,
         trainer_defaults={"use_distributed_sampler": False},
         args=args,
         run=run,
     )
 
+
+def serve_main() -> None:
+    """``steerzoo-serve``: ``train.py serve`` as a console script."""
+    sys.argv.insert(1, "serve")
+    main()

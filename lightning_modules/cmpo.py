@@ -23,6 +23,7 @@ Where the thesis is silent (each a config switch, see docs/methods/cmpo.md):
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,15 +31,19 @@ from typing import Any, Literal
 
 import torch
 
+from lightning_modules.base import prompt_samples
 from lightning_modules.cmpo_pairs import WEIGHTINGS, Weighting, prompt_pairs
 from lightning_modules.dpo import DPO
 from zoo.backbone import base_model, resolve_path
 from zoo.heads import load_saved_head, save_head
 from zoo.logprobs import batch_completion_hidden, sum_by_row
+from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
 from zoo.metrics import ResumableMean, pairwise_accuracy
 from zoo.plural import HeadInit, PluralHead
 from zoo.preference import Preference
 from zoo.records import Record
+from zoo.rollout import generate
+from zoo.sampling import Samples, SamplingSettings
 
 HEADS_FILE, META_FILE = "plural_heads.safetensors", "cmpo.json"
 
@@ -234,12 +239,52 @@ class CMPO(DPO):
         """Inside the context the model's LM head is the fused Σ λ_j W_j (generation, predict)."""
         return FusedHead(self, preference.vector())
 
+    mixes_preferences = True
+
+    def generate_steered(self, prompt_ids: Sequence[Sequence[int]], preferences: Sequence[Any],
+                         settings: SamplingSettings | None = None) -> list[Samples]:
+        """Prompts under different Λ in ONE batch: the rollout engine applies the plural heads row by row
+        (``PluralHead(hidden, Λ_row)``). A batch with a single Λ fuses the heads once instead (one head's cost,
+        the same numbers as ``predict``)."""
+        settings = settings or self.sampling
+        prefs = [self.preference(p) if p is not None else self.default_preference() for p in preferences]
+        if len(set(prefs)) <= 1 or settings.engine != "lean":
+            return super().generate_steered(prompt_ids, prefs, settings)
+        lam = torch.stack([p.vector() for p in prefs]).to(self.heads.weight.device if self.head_init == "copy"
+                                                          else self.heads.A.device)
+        rollout = generate(self.model, self.tokenizer, prompt_ids, settings, head=self.heads, head_args=(lam,))
+        samples = Samples.from_rollout([self.tokenizer.decode(p) for p in prompt_ids], rollout)
+        return [prompt_samples(samples, i) for i in range(len(prompt_ids))]
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Trunk (HF directory or PEFT adapter) + ``plural_heads.safetensors`` + ``cmpo.json`` (attributes)."""
         path = super().save_pretrained(path)
         save_head(self.heads, path, HEADS_FILE, META_FILE,
                   {"attributes": self.attributes, "head_init": self.head_init, "head_rank": self.head_rank})
         return path
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """DPO's facts (two prefix-shared rows per conditioned pair, the reference: cached by default, the
+        adapter-disabled single-head base under LoRA with ``live``) plus k = len(attributes) plural heads
+        (``zoo.plural``), fp32, trainable unless ``train_heads: false``. ``head_init: copy``: k full V×H
+        copies of the base head; ``lowrank``: k·r·(V + H) parameters on top of the base head the model keeps.
+        The mixed log-probs stack the heads into one weight per chunk (a [k·H, V] copy, or the k·r-row B
+        stack): with ``copy`` the LM-head chunk term grows with k. The base head is the reference's, not
+        the policy's: an untied one stays frozen; a tied one trains with the embeddings unless LoRA is on."""
+        args = constructor_args(cls, init_args)
+        k, vocab, hidden = len(args["attributes"] or ()), model.vocab_size, model.hidden_size
+        if not k:
+            raise ValueError("model.attributes: CMPO needs at least one attribute (one head each)")
+        if args["head_init"] not in ("copy", "lowrank"):
+            raise ValueError(f"model.head_init must be copy or lowrank, got {args['head_init']!r}")
+        heads = k * vocab * hidden if args["head_init"] == "copy" else k * args["head_rank"] * (vocab + hidden)
+        trains = bool(args["train_heads"])
+        return dataclasses.replace(
+            super().memory_facts(init_args, model), own_params=heads, own_trainable_params=heads if trains else 0,
+            head_weight_params=heads, head_weight_trains=trains, frozen_lm_head=True,
+        )
 
 
 class FusedHead:

@@ -33,10 +33,11 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_modules.base import STAGE_PREFIX, CausalLMModule
+from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass
 from zoo.backbone import BackboneConfig, load_backbone, uses_peft
 from zoo.logprobs import batch_sequence_logprobs
 from zoo.losses import DPOLossType, dpo_loss
+from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
 from zoo.metrics import pairwise_accuracy
 from zoo.records import PreferencePair
 from zoo.reference import ReferenceCache, cache_key, default_cache_dir
@@ -249,3 +250,22 @@ class DPO(CausalLMModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.dpo_step(batch, "test")
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """Two rows per pair, chosen and rejected, in one forward. ``reference: cached`` (default) holds only
+        log-probs; ``live`` runs the adapter-disabled policy under LoRA (no second copy), otherwise a frozen
+        copy of the initial weights (a ``reference_model`` is counted at the policy's size). Prefix sharing
+        packs a pair into one row of prompt + chosen + rejected instead of two padded to prompt + the longer
+        reply: the plan's two rows are an upper bound."""
+        args = constructor_args(cls, init_args)
+        reference = "none"
+        if args["reference"] == "live":
+            adapter_off = model.lora_params > 0 and args["reference_model"] is None
+            reference = "adapter_off" if adapter_off else "frozen_copy"
+        attn = as_dataclass(BackboneConfig, args["backbone"]).attn_implementation
+        shared = args["share_prompt"] and attn in (None, "sdpa", "eager")  # as collate_options decides
+        notes = ("activations counted for two padded rows per pair: an upper bound under prefix sharing",)
+        return dataclasses.replace(super().memory_facts(init_args, model), rows_per_example=2, reference=reference,
+                                   notes=notes if shared else ())

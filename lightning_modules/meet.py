@@ -43,6 +43,7 @@ import torch
 
 from callbacks.phase_switch import PhaseSwitch
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass, plain_values, split_decay
+from zoo.backbone import BackboneConfig, LoraSettings
 from zoo.control import (
     BAD,
     CONTROL_NAMES,
@@ -58,6 +59,7 @@ from zoo.control import (
     meet_loss,
     text_control_ids,
 )
+from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
 from zoo.metrics import pairwise_accuracy
 from zoo.preference import Preference, PreferenceError
 from zoo.records import PreferencePair
@@ -241,12 +243,18 @@ class MEET(CausalLMModule):
 
     @contextmanager
     def apply_preference(self, preference: Preference) -> Iterator[None]:
-        """A one-hot preference selects its control for ``generate``."""
+        """A one-hot preference selects its control for ``generate``; with soft-prompt controls any weights mix
+        the two prompts (Σ_c w_c θ_c / Σ_c w_c, an interpolation between θ_c^w and θ_c^l). LoRA and text
+        controls take one control at a time."""
         nonzero = [i for i, w in enumerate(preference.weights) if w]
-        if len(nonzero) != 1:
+        if len(nonzero) == 1:
+            active = nonzero[0]
+        elif self.control_cfg.kind == "prompt":
+            active = preference.vector()
+        else:
             raise PreferenceError(f"MEET ({self.control_cfg.kind} controls) samples under one control at a time: "
                                   f"give one of {self.attributes} a weight, got {preference.as_dict()}")
-        previous, self.active_control = self.active_control, nonzero[0]
+        previous, self.active_control = self.active_control, active
         try:
             yield
         finally:
@@ -258,7 +266,8 @@ class MEET(CausalLMModule):
                                      self.active_control)
 
     def prediction_info(self) -> dict[str, Any]:
-        info = {"control": CONTROL_NAMES[self.active_control], "control_kind": self.control_cfg.kind}
+        mixed = isinstance(self.active_control, torch.Tensor)
+        info = {"control": "mix" if mixed else CONTROL_NAMES[self.active_control], "control_kind": self.control_cfg.kind}
         if self.control_cfg.kind != "lora":
             info["control_placement"] = self.control_cfg.placement
         if self.control_cfg.kind == "text":
@@ -299,3 +308,36 @@ class MEET(CausalLMModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.phase = int(checkpoint.get("meet", {}).get("phase", self.phase))
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """Two rows per pair: the chosen reply under "good", the rejected under "bad". The larger phase is
+        planned: step 2 trains the whole LM and the controls (a fresh AdamW state for all of it); step 1
+        (planned only with ``second_epochs: 0``) trains the controls alone on a frozen LM, which still
+        back-propagates through every layer. Controls: ``prompt``, 2·L·H fp32 parameters and L =
+        ``control.length`` more positions in every row; ``lora``, two adapters of ``control.lora_*`` on one
+        base (each half of the batch runs through its own: the same tokens as two rows per pair, both
+        graphs alive until backward); ``text``, no parameters and its tokens in every row, counted as the
+        longer control's UTF-8 bytes: an upper bound for byte-level BPE, since the plan loads no tokenizer."""
+        args = constructor_args(cls, init_args)
+        if as_dataclass(BackboneConfig, args["backbone"]).lora is not None:
+            raise ValueError("MEET: configure its LoRA under model.control, not backbone.lora")
+        control = as_dataclass(ControlSettings, args["control"])
+        phases = as_dataclass(PhaseSettings, args["phases"])
+        step = 2 if phases.second_epochs else 1
+        facts = dataclasses.replace(
+            super().memory_facts(init_args, model), rows_per_example=2, trains_base=step == 2,
+            notes=(f"step {step} planned: " + ("the LM and the controls train" if step == 2 else
+                                               "only the controls train, the LM is frozen"),),
+        )
+        if control.kind == "prompt":
+            prompts = len(CONTROL_NAMES) * control.length * model.hidden_size
+            return dataclasses.replace(facts, extra_tokens=control.length, own_params=prompts,
+                                       own_trainable_params=prompts)
+        if control.kind == "lora":
+            adapters = LoraSettings(r=control.lora_r, alpha=control.lora_alpha, dropout=control.lora_dropout,
+                                    target_modules=control.lora_target_modules)
+            return dataclasses.replace(facts, adapters=adapters, adapter_copies=len(CONTROL_NAMES))
+        text = max(len(control.text_template.format(text=t).encode()) for t in control.texts)
+        return dataclasses.replace(facts, extra_tokens=text)

@@ -10,6 +10,7 @@ PEFT adapter) plus ``value_head.safetensors`` and ``value_head.json`` (output na
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from zoo.backbone import base_model
 from zoo.heads import ValueHead, save_head
 from zoo.logprobs import batch_last_hidden
 from zoo.losses import bradley_terry_loss
+from zoo.memory_plan import MethodFacts, ModelFacts
 from zoo.metrics import pairwise_accuracy
 from zoo.records import PreferencePair
 
@@ -117,3 +119,12 @@ class RewardModel(CausalLMModule):
         save_head(self.value_head, path, "value_head.safetensors", "value_head.json",
                   {"names": self.value_head.names, "bias": self.value_head.linear.bias is not None})
         return path
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """Two rows per pair (chosen and rejected), read at the last token by a bias-free ``ValueHead``
+        (H fp32 parameters, trainable): no chunked LM head, and an untied LM head stays frozen."""
+        return dataclasses.replace(super().memory_facts(init_args, model), rows_per_example=2, lm_head=False,
+                                   frozen_lm_head=True, own_params=model.hidden_size,
+                                   own_trainable_params=model.hidden_size)

@@ -53,6 +53,7 @@ from zoo.backbone import base_model, resolve_path
 from zoo.collate import IGNORE_INDEX, PadCollator, TokenizeSettings, tokenize_examples
 from zoo.heads import AttributeClassHead, load_saved_head, save_head
 from zoo.logprobs import last_token_hidden
+from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
 from zoo.preference import Preference
 from zoo.records import ScoredResponse
 
@@ -180,6 +181,16 @@ class _SteerLM(CausalLMModule):
         if base.get_input_embeddings().num_embeddings < len(self.tokenizer):  # marker tokens were added
             base.resize_token_embeddings(len(self.tokenizer))
 
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """One row per scored response. The ACM is SFT on it (the ratings line is prompt text); the APM
+        overrides the head. ``marker_tokens: special`` grows the vocabulary by at most three rows: left out."""
+        facts = super().memory_facts(init_args, model)
+        if constructor_args(cls, init_args)["marker_tokens"] == "special":
+            facts = replace(facts, notes=(*facts.notes, "marker_tokens special: up to 3 vocabulary rows more, not counted"))
+        return facts
+
 
 class SteerLMAttributeModel(_SteerLM):
     """APM: one C-way classifier per attribute on the last-token hidden state, cross-entropy on scored
@@ -292,6 +303,16 @@ class SteerLMAttributeModel(_SteerLM):
         path = super().save_pretrained(path)
         save_head(self.head, path, HEAD_FILE, HEAD_META, {"names": self.attributes, "num_classes": self.num_classes})
         return path
+
+    # ---- memory plan (zoo.memory_plan) ------------------------------------------------------------
+    @classmethod
+    def memory_facts(cls, init_args: dict[str, Any], model: ModelFacts) -> MethodFacts:
+        """The last-token hidden state feeds k C-way classifiers (k·C·(H + 1) fp32 parameters, trainable):
+        no chunked LM head, and an untied LM head stays frozen."""
+        args = constructor_args(cls, init_args)
+        head = len(args["attributes"] or ()) * args["num_classes"] * (model.hidden_size + 1)
+        return replace(super().memory_facts(init_args, model), lm_head=False, frozen_lm_head=True, own_params=head,
+                       own_trainable_params=head)
 
 
 class SteerLMConditionedSFT(_SteerLM, SFT):

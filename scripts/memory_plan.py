@@ -8,12 +8,14 @@
 The YAMLs merge as LightningCLI merges them (later files and ``--dotted.key value`` overrides win; a
 ``--model.beta``-style key gets its ``init_args`` added). The model is built on the meta device from its
 config only: ``builtin:*`` models need nothing, hub ids need their config.json in the local HF cache.
+The method (``model.class_path``) is imported, not built, and asked for its facts (``memory_facts``).
 Exit status 0: fits (or no ``--device_memory_gib`` given); 1: does not fit; 2: bad config.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -33,11 +35,9 @@ from zoo.memory_plan import (  # noqa: E402
     FsdpSettings,
     MemoryPlan,
     as_dict,
+    config_facts,
     format_plan,
     load_model_config,
-    meta_model,
-    method_facts,
-    model_facts,
     plan,
 )
 
@@ -129,6 +129,21 @@ def device_of(accelerator: Any, asked: str | None, device_memory_gib: float | No
     return "cuda" if device_memory_gib is not None or torch.cuda.is_available() else "cpu"
 
 
+def method_class(class_path: str) -> type:
+    """The LightningModule a config names (``lightning_modules.CMPO``, or a bare name exported by
+    ``lightning_modules``), imported but not built."""
+    if not class_path:
+        raise ValueError("model.class_path is missing: which method does the config train?")
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name or "lightning_modules"), name, None)
+    except ImportError as err:
+        raise ValueError(f"model.class_path {class_path!r}: {err}") from err
+    if cls is None or not hasattr(cls, "memory_facts"):
+        raise ValueError(f"model.class_path {class_path!r} is not a steerzoo method (no memory_facts)")
+    return cls
+
+
 def build_plan(cfg: dict[str, Any], world_size: int | None, strategy: str | None, device: str | None,
                device_memory_gib: float | None) -> tuple[MemoryPlan, list[str]]:
     from zoo.backbone import LoraSettings
@@ -151,8 +166,7 @@ def build_plan(cfg: dict[str, Any], world_size: int | None, strategy: str | None
         kind = "ddp"
     tokenize = args.get("tokenize") or {}
     config = load_model_config(name, backbone.get("revision"), bool(backbone.get("trust_remote_code", False)))
-    facts = model_facts(meta_model(config, lora), name=name)
-    method = method_facts(model_cfg.get("class_path", "DPO"), args, lora=lora is not None)
+    facts, method = config_facts(config, method_class(model_cfg.get("class_path", "")), args, lora, name)
     sharding = {k: v for k, v in (args.get("sharding") or {}).items() if k in FsdpSettings.__dataclass_fields__}
     result = plan(
         facts,
@@ -164,7 +178,6 @@ def build_plan(cfg: dict[str, Any], world_size: int | None, strategy: str | None
         world_size=world_size,
         weight_dtype=backbone.get("dtype", "float32"),
         quantization=backbone.get("quantization"),
-        lora=lora is not None,
         gradient_checkpointing=bool(backbone.get("gradient_checkpointing", False)),
         logprob_chunk_size=int(args.get("logprob_chunk_size", 1024)),
         attn_implementation=backbone.get("attn_implementation", "sdpa"),

@@ -130,3 +130,24 @@ class KillAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise Killed(f"killed at step {self.step}")
+
+
+def steered_cmpo(max_new_tokens: int = 12, noise: float = 0.5, seed: int = 1, max_prompt_length: int = 256,
+                 backbone: str = "builtin:tiny") -> Any:
+    """A CMPO (attributes verbosity, sentiment; the tiny model by default) built and ready to generate, whose two
+    heads differ by seeded noise, so each weight setting gives its own greedy continuation: untrained heads are
+    copies of one head and would all give the same, and a request mixed up with another would go unseen.
+    (SmolLM2's heads keep writing English with ``noise=0.02``: a demo model for the page's screenshot.)"""
+    import torch
+
+    from lightning_modules.cmpo import CMPO
+
+    tokenize = {"max_length": max_prompt_length + 128, "max_prompt_length": max_prompt_length,
+                "length_policy": "truncate", "prompt_format": "chat"}
+    module = CMPO(attributes=["verbosity", "sentiment"], ref_cache_dir=None,
+                  **tiny_kwargs(backbone={"name_or_path": backbone}, tokenize=tokenize,
+                                sampling={"max_new_tokens": max_new_tokens, "temperature": 0.0}))
+    module.configure_model()
+    with torch.no_grad():
+        module.heads.weight.add_(noise * torch.randn(module.heads.weight.shape, generator=torch.Generator().manual_seed(seed)))
+    return module.eval()

@@ -33,7 +33,22 @@ def sample_data(config: dict) -> dict:
         source.setdefault("init_args", {}).update(data_files="sample", num_proc=1, validation_fraction=0.1)
         if source["class_path"].endswith("HHRLHFDataModule"):
             source["init_args"].update(data_dir="helpful-base")
+        if source["class_path"].endswith("OASST1DataModule"):
+            # the shipped real trees predate OASST's labels (PROVENANCE): scored records need the hand-written
+            # labelled tree, one tree, so it stands for both splits (a smoke run, not an evaluation)
+            tree = str(ROOT / "datamodules" / "samples" / "oasst1" / "labelled-tree.handwritten.jsonl")
+            source["init_args"].update(data_files=dict.fromkeys(("train", "validation", "predict"), tree),
+                                       validation_fraction=0.0)
+        if source["class_path"].endswith("HelpSteerDataModule"):
+            # the hand-written rows answer one prompt twice, so a scored method finds a pair to build
+            rows = ROOT / "datamodules" / "samples" / "helpsteer"
+            source["init_args"].update(data_files={"train": str(rows / "train.handwritten.jsonl"),
+                                                   "validation": str(rows / "card_examples.jsonl"),
+                                                   "predict": str(rows / "card_examples.jsonl")},
+                                       validation_fraction=0.0)
     args.update(SMALL)
+    if "sources" in args:  # a mixture: enough records that each source contributes a prompt with two replies
+        args["max_samples"] = {**SMALL["max_samples"], "train": 12, "validation": 12}
     return data
 
 

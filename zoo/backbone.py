@@ -92,7 +92,7 @@ def load_tokenizer(cfg: BackboneConfig) -> PreTrainedTokenizerBase:
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         if tok.pad_token is None:  # batching needs a pad id; eos never appears in labels after padding
             tok.pad_token = tok.eos_token
-    if cfg.chat_template is not None:  # e.g. the CMPO thesis's Table A.1 template on a base model that has none
+    if cfg.chat_template is not None:  # e.g. a paper's own prompt template on a base model that has none
         tok.chat_template = cfg.chat_template
     return tok
 
@@ -151,7 +151,7 @@ def load_backbone(cfg: BackboneConfig) -> nn.Module:
 
         for module in model.modules():
             # bnb's CPU inference fast path (AVX512-BF16) repacks 4-bit weights in place on the first
-            # eval/no-grad forward (DPO's reference pass): absmax is rounded to bf16 and the repacked matmul
+            # eval/no-grad forward (a reference pass): absmax is rounded to bf16 and the repacked matmul
             # has no autograd, so later training steps silently lose gradients through the base layers.
             if isinstance(module, bnb.nn.Linear4bit):
                 module.support_avx512bf16_for_cpu = False

@@ -1,12 +1,12 @@
 """Method examples -> token ids -> padded tensors: the one data path every method shares.
 
 A *method example* is a dict ``{"prompt": [messages], "completions": [str, ...], **extras}``: a method
-decides what its completions are (DPO: chosen and rejected; SFT: the demonstration; MEET: control
+decides what its completions are (a preference method: chosen and rejected; fine-tuning: the demonstration; control
 prompts too), this module turns them into tensors the same way for all.
 
 ``tokenize_examples`` runs inside ``datasets.map`` (batched, cached by the datasets fingerprint), so a
 second run never re-tokenizes. ``PadCollator`` only pads: each batch becomes ``[C * B, T]`` rows,
-completion-major (all first completions, then all second ones...), so DPO's chosen and rejected go
+completion-major (all first completions, then all second ones...), so a pair's chosen and rejected go
 through one concatenated forward. Labels are -100 everywhere but completion tokens.
 
 With ``share_prompt`` the prompt runs once per example instead of once per completion (prefix sharing):

@@ -21,8 +21,8 @@ carry label -100, so log-probs stay completion-only (``zoo.logprobs``).
 Soft prompts enter as input embeddings by *substitution*: placeholder ids are spliced in, and a forward
 hook on the model's input-embedding layer overwrites their rows with the soft-prompt vectors. This is
 ``inputs_embeds`` without leaving the model's own forward, so FSDP2 still gathers the root parameters
-(the embedding table lives there), PEFT and gradient checkpointing hooks still run, and generation
-(``model.generate`` on ids, KV cache) works unchanged.
+(the embedding table lives there), PEFT and gradient checkpointing hooks still run, and generation runs on
+ids through the shared rollout engine, the substitution entered around its prefill only (``soft_prompt_prefill``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from transformers import PreTrainedTokenizerBase
 
 from zoo.collate import IGNORE_INDEX
 from zoo.logprobs import sequence_logprobs
-from zoo.sampling import Samples, SamplingSettings, generation_config, sample
+from zoo.rollout import PrefillHook, generate
+from zoo.sampling import Samples, SamplingSettings, sample
 
 GOOD, BAD = 0, 1
 CONTROL_NAMES = ("good", "bad")  # index = control id; also the LoRA adapter names
@@ -306,10 +307,13 @@ def generate_with_control(
     control: Control,
     prompt_ids: Sequence[Sequence[int]],
     settings: SamplingSettings,
-    control_id: int = GOOD,
+    control_id: int | torch.Tensor = GOOD,
 ) -> Samples:
-    """``zoo.sampling.sample`` under one control (inference uses θ_c^w). ``Samples.prompts`` are the
-    prompts without the control."""
+    """``zoo.sampling.sample`` under one control (inference uses θ_c^w), or — soft prompts only — under a mix
+    of both: ``control_id`` a weight per control, the soft prompt Σ_c w_c θ_c / Σ_c w_c. ``Samples.prompts``
+    are the prompts without the control."""
+    if isinstance(control_id, torch.Tensor) and control.settings.kind != "prompt":
+        raise ValueError(f"only soft-prompt controls mix; {control.settings.kind} controls take one control at a time")
     prompts = [tokenizer.decode(p) for p in prompt_ids]
     s = control.settings
     if s.kind == "lora":
@@ -322,49 +326,35 @@ def generate_with_control(
             k = insert_at(p, s.placement, control.bos_offset)
             rows.append(list(p[:k]) + ctrl + list(p[k:]))
         return sample(model, tokenizer, prompts, settings, prompt_ids=rows)
-    return _sample_soft(model, tokenizer, control, prompts, prompt_ids, settings, control_id)
+    length = control.soft_prompts.length
+    rows, starts = [], []
+    for p in prompt_ids:  # placeholder ids where the soft prompt goes; the prefill hook overwrites their embeddings
+        k = insert_at(p, s.placement, control.bos_offset)
+        rows.append(list(p[:k]) + [control.pad_id] * length + list(p[k:]))
+        starts.append(k)
+    hook = soft_prompt_prefill(model, control, control_id, starts)
+    return Samples.from_rollout(prompts, generate(model, tokenizer, rows, settings, prefill_hook=hook))
 
 
-def _sample_soft(model, tokenizer, control: Control, prompts, prompt_ids, settings: SamplingSettings,
-                 control_id: int) -> Samples:
-    """Left-padded batched generation with soft-prompt positions substituted in the prefill."""
-    cfg = generation_config(settings, tokenizer)
+def soft_prompt_prefill(model: nn.Module, control: Control, control_id: int | torch.Tensor, starts: Sequence[int]
+                        ) -> PrefillHook:
+    """A ``zoo.rollout`` prefill hook: in prompt i (left-padded), the soft prompt of ``control_id`` (or the
+    weighted mix of both, for a weight tensor) replaces the embeddings of the L placeholder positions from
+    ``starts[i]`` on."""
     soft = control.soft_prompts
-    device = next(model.parameters()).device
-    vector = soft(torch.tensor([control_id], device=soft.prompts.device))[0].to(device)
-    texts, ids_out, truncated = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(prompt_ids), settings.batch_size):
-            chunk = prompt_ids[start : start + settings.batch_size]
-            rows = []
-            for p in chunk:
-                k = insert_at(p, control.settings.placement, control.bos_offset)
-                rows.append((list(p[:k]) + [control.pad_id] * soft.length + list(p[k:]), k))
-            width = max(len(r) for r, _ in rows)
-            input_ids = torch.full((len(rows), width), control.pad_id, dtype=torch.long)
-            attention = torch.zeros_like(input_ids)
-            is_control = torch.zeros_like(input_ids, dtype=torch.bool)
-            for i, (r, k) in enumerate(rows):  # left padding: continuations all start at column `width`
-                pad = width - len(r)
-                input_ids[i, pad:], attention[i, pad:] = torch.tensor(r), 1
-                is_control[i, pad + k : pad + k + soft.length] = True
-            vectors = vector.expand(len(rows), -1, -1)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
-                                       enabled=settings.seed is not None):
-                if settings.seed is not None:
-                    torch.manual_seed(settings.seed + start)
-                with substitute_embeddings(model, is_control.to(device), vectors):
-                    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                         generation_config=cfg)
-            eos = tokenizer.eos_token_id
-            for row in out[:, width:].tolist():
-                stop = row.index(eos) if eos in row else None
-                kept = row[:stop] if stop is not None else [t for t in row if t != tokenizer.pad_token_id]
-                ids_out.append(kept)
-                truncated.append(stop is None)
-                texts.append(tokenizer.decode(kept, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return Samples(prompts=list(prompts), texts=texts, token_ids=ids_out, truncated=truncated, n=settings.n)
+    both = soft(torch.arange(len(CONTROL_NAMES), device=soft.prompts.device))  # [2, L, H]
+    if isinstance(control_id, torch.Tensor):
+        w = control_id.to(both.dtype).to(both.device)
+        vector = (w[:, None, None] * both).sum(0) / w.sum()
+    else:
+        vector = both[control_id]
+
+    def hook(prompt_index: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        first = attention_mask.shape[1] - attention_mask.sum(1)  # left padding: the prompt's first column
+        is_control = torch.zeros_like(input_ids, dtype=torch.bool)
+        for r, (i, col) in enumerate(zip(prompt_index.tolist(), first.tolist())):
+            is_control[r, col + starts[i] : col + starts[i] + soft.length] = True
+        vectors = vector.to(input_ids.device).expand(len(input_ids), -1, -1)
+        return substitute_embeddings(model, is_control, vectors)
+
+    return hook

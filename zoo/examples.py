@@ -24,6 +24,7 @@ from zoo.records import Record
 
 SPLITS = ("train", "validation", "test", "predict")
 ExampleFn = Callable[..., Iterable[dict[str, Any]]]
+RoundSource = Callable[[int, list[Record]], list[Record]]  # (epoch, the data's source records) -> training records
 
 
 def prompt_examples(record: Record, **kwargs: Any) -> Iterable[dict[str, Any]]:
@@ -51,9 +52,15 @@ class ExampleBuilder:
         tokenizer / tokenize: how examples become ids (``zoo.collate.tokenize_examples``).
         prompt_example_fn: prompt record -> prompt-only example (``predict``).
         split_kwargs: keyword arguments of ``example_fn`` / ``prompt_example_fn`` per split.
-        group_by_prompt: CMPO pairs up all responses of a prompt, so it needs them together.
-        collate: ``zoo.collate.PadCollator`` options (DPO's prefix sharing).
+        group_by_prompt: a method that pairs up all responses of a prompt needs them together.
+        collate: ``zoo.collate.PadCollator`` options (prefix sharing).
         code: digest of the method's example code, so editing it invalidates cached examples.
+        split_kinds: record kinds per split where they differ from ``record_kind`` (``predict`` is always
+            ``prompt``); an online method evaluates on prompts (``{"validation": "prompt"}``).
+        rounds: online methods (``lightning_modules.online``): the train split is not read but *made*, once per
+            epoch: the DataModule hands its source records (``rounds_source_kind``, e.g. prompts, or
+            demonstrations whose prompts are sampled and whose replies are replayed) and the epoch, and gets
+            that round's training records back (sampled, scored and selected by the method).
     """
 
     method: str
@@ -66,12 +73,15 @@ class ExampleBuilder:
     group_by_prompt: bool = False
     collate: Mapping[str, Any] = field(default_factory=dict)
     code: str = ""
+    split_kinds: Mapping[str, str] = field(default_factory=dict)
+    rounds: RoundSource | None = None
+    rounds_source_kind: str = "prompt"
 
     def kind_for(self, split: str) -> str:
-        return "prompt" if split == "predict" else self.record_kind
+        return "prompt" if split == "predict" else self.split_kinds.get(split, self.record_kind)
 
     def fn_for(self, split: str) -> ExampleFn:
-        return self.prompt_example_fn if split == "predict" else self.example_fn
+        return self.prompt_example_fn if self.kind_for(split) == "prompt" else self.example_fn
 
     def kwargs_for(self, split: str) -> dict[str, Any]:
         return dict(self.split_kwargs.get(split, {}))

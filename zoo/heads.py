@@ -1,7 +1,7 @@
 """Heads that read a trunk's hidden state.
 
 ``ValueHead`` maps the hidden state of a sequence's last token to ``k`` outputs: k = 1 is the
-Bradley-Terry reward model's scalar; k > 1 is a multi-objective regression reward model (DPA) or one
+Bradley-Terry reward model's scalar; k > 1 is a multi-objective regression reward model or one
 score per attribute, with the output names kept beside the weights.
 """
 
@@ -42,8 +42,8 @@ class ValueHead(nn.Module):
 
 
 class AttributeClassHead(nn.Module):
-    """One ``num_classes``-way classifier per named attribute (SteerLM's attribute prediction model with
-    Likert classes, CMPO thesis §5.3.1): hidden [N, H] -> logits [N, k, C].
+    """One ``num_classes``-way classifier per named attribute (an attribute prediction model with
+    Likert classes, Manyika 2024 §5.3.1): hidden [N, H] -> logits [N, k, C].
 
     One linear map to k·C outputs, read as k independent blocks of C: the same thing as k separate
     heads, in one matmul. Small weights and zero bias, so every class starts near-uniform.

@@ -1,13 +1,13 @@
 """Pairwise evaluation of two systems' predictions: reward-model judge, LLM judge (both orders), ROUGE.
 
-The protocol of the MEET paper (Xue et al., arXiv 2310.00819, §4.3 and Appendix C), usable for any method:
+The protocol of Xue et al. (arXiv 2310.00819, §4.3 and Appendix C), usable for any method:
 
 - **Reward model** (the paper: OpenAssistant/reward-model-deberta-v3-large-v2): each prompt's two responses
   get rewards r₁ (ours) and r₂ (theirs); the pair is a *tie* when σ(r₁ − r₂) ∈ [0.45, 0.55] (inclusive),
   a *win* above the band and a *loss* below it. Δ = win rate − lose rate.
 - **LLM judge** (the paper: GPT-4): every pair is judged twice, ours first then ours second, to cancel
   position bias; the two verdicts combine as: win = two wins or a win and a draw; loss = two losses or a
-  loss and a draw; tie = two draws or a win and a loss. Prompts: DPO's summary prompt (no draw option)
+  loss and a draw; tie = two draws or a win and a loss. Prompts: Rafailov et al.'s summary prompt (no draw option)
   and the MT-bench pairwise prompt (``[[A]]``/``[[B]]``/``[[C]]``). The judge is any function
   ``(system, user) -> text`` (a local HF chat model here, an API client elsewhere); an unreadable verdict
   counts as a draw and is counted.

@@ -31,8 +31,8 @@ def token_logprobs(
     head_args: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
     """log p(target | hidden) for rows of ``hidden`` [M, H] and ``targets`` [M], ``chunk_size`` rows at a
-    time. ``head_args`` are per-row tensors [M, ...] passed to ``head`` beside the hidden states (CMPO's
-    per-example head weights)."""
+    time. ``head_args`` are per-row tensors [M, ...] passed to ``head`` beside the hidden states (per-example
+    head weights of a plural model)."""
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
@@ -132,7 +132,7 @@ def sequence_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of completion-token log-probs per row [N], completion-token count per row [N]).
 
-    ``head`` overrides the model's LM head (CMPO's mixed heads); ``row_args`` are per-sequence tensors
+    ``head`` overrides the model's LM head (e.g. mixed plural heads); ``row_args`` are per-sequence tensors
     [N, ...] that reach ``head`` beside each position's hidden state. Default: the model's own head.
     """
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -24,12 +24,12 @@ def dpo_loss(
     label_smoothing: float = 0.0,
     lengths: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example DPO losses and implicit rewards, from summed sequence log-probs.
+    """Per-example direct-preference losses and implicit rewards, from summed sequence log-probs.
 
     h = [log π_θ(y_c|x) − log π_ref(y_c|x)] − [log π_θ(y_r|x) − log π_ref(y_r|x)]
 
-    - ``sigmoid`` (DPO, Rafailov et al. 2023, Eq. 7) with label smoothing ε (cDPO, Mitchell 2023):
-      L = −(1−ε) log σ(βh) − ε log σ(−βh); ε = 0 is plain DPO.
+    - ``sigmoid`` (direct preference optimisation, Rafailov et al. 2023, Eq. 7) with label smoothing ε (cDPO, Mitchell 2023):
+      L = −(1−ε) log σ(βh) − ε log σ(−βh); ε = 0 is the plain sigmoid loss.
     - ``ipo`` (Azar et al. 2023, Eq. 17): L = (h − 1/(2β))². With ``lengths`` = (|y_c|, |y_r|) each
       log-ratio in h is divided by its completion length first (the usual practice, TRL's too).
 
@@ -52,7 +52,7 @@ def dpo_loss(
             h = chosen_ratio - rejected_ratio
         losses = (h - 1 / (2 * beta)) ** 2
     else:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r} (expected sigmoid or ipo)")
+        raise ValueError(f"unknown preference loss_type {loss_type!r} (expected sigmoid or ipo)")
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
@@ -75,7 +75,7 @@ def bradley_terry_loss(
 
 
 def regression_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-objective reward regression (DPA's reward model): mean squared error over labelled entries,
+    """Multi-objective reward regression (a regression reward model, Wang et al. 2024): mean squared error over labelled entries,
     L = Σ_(i,j) m_ij (r̂_ij − r_ij)² / Σ m_ij, with m the mask of attributes that carry a label."""
     err = (predicted - target) ** 2
     if mask is None:

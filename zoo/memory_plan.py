@@ -1,8 +1,11 @@
 """Memory plan: will this training config fit? Per-device bytes, estimated before anything is loaded.
 
 ``model_facts`` builds the causal LM on the meta device (no weights are read or allocated) and counts what
-the estimate needs; ``plan`` is a pure function of those counts, the method and the run settings; and
-``format_plan`` prints the table with a verdict. ``scripts/memory_plan.py`` reads the YAML configs.
+the estimate needs; each method declares how it uses that model as a ``MethodFacts`` (its
+``memory_facts`` classmethod, from a config's ``init_args`` alone: no module is built); ``plan`` is a pure
+function of the two and the run settings; ``format_plan`` prints the table with a verdict.
+``scripts/memory_plan.py`` reads the YAML configs. This module names no method: what a method holds and
+why is in its own ``memory_facts`` docstring.
 
 Per device, at the training peak::
 
@@ -13,8 +16,11 @@ Per device, at the training peak::
   weights at 0.5 byte (nf4) + 1/64 byte (uint8 absmax per 64-block) + 4/16384 byte (fp32 absmax per 256
   blocks, double quantization); 8-bit at 1 byte + 4 bytes per output row; everything else in fp32
   (``prepare_model_for_kbit_training`` upcasts it).
-- **reference**: DPO ``reference: live`` without LoRA holds a frozen copy of the weights; with LoRA the
-  reference is the adapter-disabled policy, and ``cached`` keeps only log-probs (8 bytes per example).
+- **reference**: a live reference without LoRA holds a frozen copy of the weights; with LoRA the reference
+  is the adapter-disabled policy, and a cached one keeps only log-probs (8 bytes per example).
+- **the method's own parameters** (heads, soft prompts): created in fp32 (2 bytes under ``bf16-true``),
+  counted in the weights, and in gradients and optimizer state when they train. Adapters a method adds
+  itself (one LoRA per control) are counted like ``backbone.lora``, once per copy.
 - **gradients**: trainable parameters × their dtype bytes (LoRA adapters are fp32: PEFT upcasts them).
 - **optimizer states**: AdamW keeps exp_avg and exp_avg_sq, 2 × trainable × dtype bytes.
 - **optimizer-step temporaries**: foreach AdamW materialises sqrt(exp_avg_sq) for all parameters at once
@@ -45,19 +51,30 @@ Per device, at the training peak::
   With LoRA the base is frozen, which changes what is saved: frozen norms keep only their fp32 input
   (2·4·h), frozen projections save no input, each adapted projection's A saves its input (a fresh a-dtype
   copy under autocast: a·h for q/k/v/gate/up, a·H·d for o, a·i for down) and its output (a·r), and the
-  MLP keeps 3·a·i (``layer_activation_bytes``). Gradient checkpointing keeps w·h per token per layer plus
-  one layer's full A while it is recomputed. Outside the layers: the final norm (4 + w)·h and the
-  completion hidden states w·h per token.
+  MLP keeps 3·a·i (``layer_activation_bytes``). A frozen base without adapters (only input-side parameters
+  train, e.g. soft prompts) is that case with no adapter terms. Adapters on a base that trains too add,
+  to the full-fine-tuning count, each A's input copy under autocast (none when it shares the projection's
+  input) and its output a·r. Positions a method adds to every row (soft prompts, text controls) lengthen
+  every row; only completion positions reach the LM head. Gradient checkpointing keeps w·h per token per
+  layer plus one layer's full A while it is recomputed. Outside the layers: the final norm (4 + w)·h and
+  the completion hidden states w·h per token.
 - **LM-head chunk**: steerzoo applies the head only to completion positions, ``logprob_chunk_size`` rows
   at a time, recomputed in backward (``zoo.logprobs``): c = min(chunk, rows·(s − 1)) rows of logits are
   alive at once, ≈ (12 + a)·c·V bytes (the a-dtype logits, their fp32 copy, logsumexp's exp buffer; in
   backward the fp32 logits, the softmax and gather gradients and their a-dtype cast), plus the single
-  ``logits_to_keep=1`` row per sequence, rows·V·(a + 4). The reward model has no chunked head.
+  ``logits_to_keep=1`` row per sequence, rows·V·(a + 4). A method that reads the last hidden state
+  (a value or classification head) has no chunked head. A head that stacks P parameters of its own into
+  one weight per chunk (several LM heads mixed in one matmul over k·H) also holds, per chunk, that
+  stacked copy and its a-dtype cast, (e + a)·P with e its dtype bytes, beside the logits; when it trains,
+  the backward's weight-gradient phase holds ≈ 3·e·P (the gradient in a and fp32 and its accumulation)
+  + 4·c·V, and the term is the larger of the two phases. Both were read off a count of the tensor storage
+  alive after each op on small shapes, and agree with it within 10% where the stacked heads weigh.
 - **strategy**: DDP replicates everything and adds gradient buckets (another copy of the trainable
   gradients: ``gradient_as_bucket_view`` is off by default). FSDP (``fully_shard``) divides weights,
   gradients and optimizer states by the world size, then adds the gathered parameters in ``param_dtype``:
   the root (embeddings, final norm, LM head; steerzoo keeps it gathered) and two decoder layers (current and
-  prefetched; all of them with ``reshard_after_forward: false``) plus one layer's unsharded fp32 gradient.
+  prefetched; all of them with ``reshard_after_forward: false``) plus one layer's unsharded fp32 gradient,
+  and the method's trainable parameters (sharded as modules of their own, gathered when used).
   ``cpu_offload`` moves the shards to host memory (reported, not counted). Activations are per device:
   the batch size in the configs is per process.
 - **runtime**: CUDA context, cuBLAS workspaces and NCCL buffers, ~1 GiB per GPU; 0 on CPU, where the
@@ -73,12 +90,15 @@ activation blocks for them; on CPU glibc keeps freed heap pages resident, so RSS
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from zoo.backbone import decoder_layers
 
 GiB = 2**30
 MiB = 2**20
@@ -129,37 +149,51 @@ class ModelFacts:
 
 @dataclass(frozen=True)
 class MethodFacts:
-    """How a training method uses the model.
+    """How a training method uses the model: what a method's ``memory_facts`` classmethod returns.
 
-    ``rows_per_example``: sequences per example in one forward (DPO / reward model: chosen and rejected
-    concatenated, 2; SFT: 1). ``lm_head``: completion log-probs through the chunked LM head (SFT, DPO);
-    the reward model reads the last hidden state instead. ``reference``: ``frozen_copy`` (DPO live
-    reference without LoRA: a second set of weights), ``adapter_off`` (live with LoRA: the same weights),
-    ``none`` (cached reference log-probs, or no reference). ``value_head_outputs``: a trainable linear head
-    on the hidden state (reward model).
+    ``rows_per_example``: sequences per example in one forward (a chosen and a rejected reply: 2).
+    ``extra_tokens``: positions the method adds to every row (soft prompts, text controls). ``lm_head``:
+    completion log-probs through the chunked LM head (False: a head reads the last hidden state instead).
+    ``head_weight_params``: parameters the chunked head stacks into one weight per chunk (0: the model's own
+    head); ``head_weight_trains``: whether that stacked weight gets a gradient. ``reference``:
+    ``frozen_copy`` (a second set of base weights), ``adapter_off`` (the same weights, adapters disabled),
+    ``none`` (cached log-probs, or no reference). ``trains_base``: whether the base weights train (None:
+    unless LoRA adapters are on). ``frozen_lm_head``: an untied LM head stays frozen (the method reads the
+    hidden state through heads of its own). ``adapters`` (``r``, ``alpha``, ``dropout``,
+    ``target_modules``): LoRA adapters the method adds itself, ``adapter_copies`` of them (the model facts
+    must carry one of them: ``model_facts(meta_model(config, adapters))``). ``own_params`` /
+    ``own_trainable_params``: parameters of the method's own beside the model (heads, soft prompts).
+    ``notes``: what the reader should know about this method's numbers.
     """
 
     name: str
-    rows_per_example: int
+    rows_per_example: int = 1
+    extra_tokens: int = 0
     lm_head: bool = True
+    head_weight_params: int = 0
+    head_weight_trains: bool = False
     reference: Literal["none", "frozen_copy", "adapter_off"] = "none"
-    value_head_outputs: int = 0
+    trains_base: bool | None = None
+    frozen_lm_head: bool = False
+    adapters: Any | None = None
+    adapter_copies: int = 1
+    own_params: int = 0
+    own_trainable_params: int = 0
+    notes: tuple[str, ...] = ()
 
 
-def method_facts(class_name: str, init_args: dict[str, Any] | None = None, lora: bool = False) -> MethodFacts:
-    """Facts for steerzoo's methods from a config's ``model.class_path`` (last component) and ``init_args``."""
-    args = init_args or {}
-    name = class_name.rsplit(".", 1)[-1]
-    if name == "SFT":
-        return MethodFacts("SFT", rows_per_example=1)
-    if name == "DPO":
-        ref = "none"
-        if args.get("reference", "cached") == "live":
-            ref = "adapter_off" if lora and args.get("reference_model") is None else "frozen_copy"
-        return MethodFacts("DPO", rows_per_example=2, reference=ref)
-    if name == "RewardModel":
-        return MethodFacts("RewardModel", rows_per_example=2, lm_head=False, value_head_outputs=1)
-    raise ValueError(f"memory plan: unknown method {class_name!r}; known: SFT, DPO, RewardModel")
+def constructor_args(cls: type, init_args: dict[str, Any] | None) -> dict[str, Any]:
+    """A config's ``init_args`` over the defaults of every ``__init__`` in ``cls``'s MRO (a subclass's
+    default wins): what the module would be built with, read without building it."""
+    args: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                args[name] = param.default
+    return {**args, **(init_args or {})}
 
 
 @dataclass
@@ -168,7 +202,7 @@ class MemoryPlan:
 
     model: str
     method: str
-    params: int
+    params: int  # every parameter held: the model, its adapters and the method's own
     trainable_params: int
     batch_size: int
     rows: int
@@ -188,6 +222,8 @@ class MemoryPlan:
     lm_head: int
     optimizer_step: int
     host_offload: int = 0  # FSDP cpu_offload: sharded state in host memory (not in the total)
+    own_params: int = 0  # the method's own parameters (heads, soft prompts), included in ``params``
+    extra_tokens: int = 0  # positions the method adds to every row, beyond ``seq_len``
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -216,15 +252,16 @@ def _count(n: int) -> str:
 def format_plan(p: MemoryPlan, device_gib: float | None = None) -> str:
     """The plan as a table (one row per component), with a verdict when ``device_gib`` is given."""
     per = " per device" if p.world_size > 1 else ""
+    tokens = f"{p.seq_len}+{p.extra_tokens}" if p.extra_tokens else f"{p.seq_len}"
     head = (
-        f"memory plan: {p.method} on {p.model}, batch {p.batch_size} ({p.rows} rows) x {p.seq_len} tokens{per}, "
+        f"memory plan: {p.method} on {p.model}, batch {p.batch_size} ({p.rows} rows) x {tokens} tokens{per}, "
         f"{p.precision}, {p.strategy} x{p.world_size}, {p.device}"
     )
-    if p.method == "DPO":  # rows of P + C + R tokens instead of two of P + max(C, R): fewer, never more
-        head += "\n(activations counted for two padded rows per pair: an upper bound under DPO's default prefix sharing)"
     step_phase = p.weight_copies + p.activations + p.lm_head
-    rows: list[tuple[str, str]] = [
-        ("parameters", _count(p.params)),
+    rows: list[tuple[str, str]] = [("parameters", _count(p.params))]
+    if p.own_params:
+        rows.append(("  of which the method's own", _count(p.own_params)))
+    rows += [
         ("trainable parameters", f"{_count(p.trainable_params)} ({100 * p.trainable_params / max(p.params, 1):.2f}%)"),
         ("weights", _bytes(p.weights)),
         ("frozen reference copy", _bytes(p.reference)),
@@ -302,7 +339,7 @@ def model_facts(model: nn.Module, name: str = "") -> ModelFacts:
 
     base = base_model(model)
     cfg = base.config
-    layers = _decoder_layers(base)
+    layers = decoder_layers(base)
     lora = [p for n, p in model.named_parameters() if ".lora_" in n]
     base_params = [p for n, p in base.named_parameters() if ".lora_" not in n]
     head, embed = base.get_output_embeddings(), base.get_input_embeddings()
@@ -352,13 +389,19 @@ def model_facts(model: nn.Module, name: str = "") -> ModelFacts:
     )
 
 
-def _decoder_layers(base: nn.Module) -> nn.ModuleList:
-    trunk = base.get_decoder()
-    for attr in ("layers", "h", "blocks"):  # Llama/Mistral/Qwen, GPT-2/NeoX-style, others
-        layers = getattr(trunk, attr, None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise ValueError(f"memory plan: cannot find the decoder layers of {type(trunk).__name__}")
+def config_facts(
+    config, method: type, init_args: dict[str, Any] | None = None, lora: Any | None = None, name: str = ""
+) -> tuple[ModelFacts, MethodFacts]:
+    """The facts ``plan`` reads for a backbone ``config`` trained by ``method`` (a class with a
+    ``memory_facts`` classmethod, never built) with ``init_args``: the model on the meta device with
+    ``lora``, the method's facts of it, then the model again with the adapters the method adds itself."""
+    model = model_facts(meta_model(config, lora), name)
+    facts = method.memory_facts(init_args or {}, model)
+    if facts.adapters is not None:
+        if lora is not None:
+            raise ValueError(f"memory plan: {facts.name} adds LoRA adapters of its own: leave backbone.lora unset")
+        model = model_facts(meta_model(config, facts.adapters), name)
+    return model, facts
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------
@@ -381,30 +424,40 @@ def layer_activation_bytes(
     attn_implementation: str | None = "sdpa",
     lora: bool = False,
     adapter_bytes: int = 4,
+    base_trains: bool | None = None,
 ) -> int:
     """Bytes autograd keeps per token for one decoder layer (the formula in the module docstring).
 
-    With ``lora`` (frozen base): a frozen norm keeps only its fp32 input (4·h); a frozen projection saves
-    no input (no weight gradient to compute); each adapted projection's A saves its input, a fresh a-dtype
-    copy under autocast (PEFT casts the input to the fp32 adapter dtype, autocast casts it back), else the
-    shared input (one w·h per half-block for q/k/v and gate/up; o's input is a view of the attention output,
-    already counted); A's output a·r is saved for B. The SiLU·up product is then kept only by an adapted
-    down projection (counted with its input).
+    ``base_trains`` (default: not ``lora``) says whether the base weights train. A frozen base (with
+    ``lora`` adapters, or none at all when only the input side trains): a frozen norm keeps only its fp32
+    input (4·h); a frozen projection saves no input (no weight gradient to compute); each adapted
+    projection's A saves its input, a fresh a-dtype copy under autocast (PEFT casts the input to the fp32
+    adapter dtype, autocast casts it back), else the shared input (one w·h per half-block for q/k/v and
+    gate/up; o's input is a view of the attention output, already counted); A's output a·r is saved for
+    B. The SiLU·up product is then kept only by an adapted down projection (counted with its input).
+    Adapters on a base that trains: the full count plus each A's own input copy under autocast (none
+    when it shares the projection's saved input) and its output.
     """
     h, i, heads, d = m.hidden_size, m.intermediate_size, m.num_heads, m.head_dim
+    base_trains = not lora if base_trains is None else base_trains
     attn = 4 * a * heads * d + 4 * heads + a * seq_len
     if attn_implementation == "eager":  # the fp32 softmax of the scores and its cast, s per head
         attn += (4 + a) * heads * seq_len
-    if not lora:
+    recast = a != adapter_bytes  # every adapted projection saves its own copy of its input
+    recast_inputs = m.lora_stream_per_layer * a * h + a * (m.lora_attn_out_features + m.lora_mlp_out_features)
+    adapter_outputs = m.lora_per_layer * a * m.lora_rank
+    if base_trains:
         norms = 2 * (4 + w) * h
         proj_inputs = 2 * w * h if w == a else m.stream_projections * a * h  # autocast recasts per projection
         mlp = (4 if m.gated_mlp else 2) * a * i
-        return norms + proj_inputs + attn + mlp + 8
-    if a != adapter_bytes:  # recast: every adapted projection saves its own copy
-        inputs = m.lora_stream_per_layer * a * h + a * (m.lora_attn_out_features + m.lora_mlp_out_features)
+        adapters = ((recast_inputs if recast else 0) + adapter_outputs) if lora else 0
+        return norms + proj_inputs + attn + mlp + adapters + 8
+    if not lora:
+        adapters = 0
+    elif recast:
+        adapters = recast_inputs + adapter_outputs
     else:
-        inputs = m.lora_stream_groups * w * h + a * m.lora_mlp_out_features
-    adapters = inputs + m.lora_per_layer * a * m.lora_rank
+        adapters = m.lora_stream_groups * w * h + a * m.lora_mlp_out_features + adapter_outputs
     mlp = (3 if m.gated_mlp else 1) * a * i
     return 2 * 4 * h + adapters + attn + mlp + 8
 
@@ -429,8 +482,8 @@ def plan(
 ) -> MemoryPlan:
     """Per-device training memory (see the module docstring for every term).
 
-    ``batch_size`` is examples per process per step; ``seq_len`` the padded length (``tokenize.max_length``);
-    ``lora`` defaults to whether ``model`` carries adapters.
+    ``batch_size`` is examples per process per step; ``seq_len`` the padded length (``tokenize.max_length``;
+    the method's ``extra_tokens`` come on top); ``lora`` defaults to whether ``model`` carries adapters.
     """
     precision = PRECISION_ALIASES.get(str(precision), str(precision))
     if precision not in ("32-true", "bf16-mixed", "bf16-true"):
@@ -440,10 +493,12 @@ def plan(
     if strategy == "single" and world_size != 1:
         raise ValueError("memory plan: strategy 'single' runs one process; use ddp or fsdp for world_size > 1")
     lora = model.lora_params > 0 if lora is None else lora
-    if quantization is not None and not lora:
-        raise ValueError("memory plan: quantization trains nothing without LoRA (QLoRA)")
     if lora and model.lora_params == 0:
         raise ValueError("memory plan: lora=True but the model facts carry no adapters (model_facts of a PEFT model)")
+    base_trains = not lora if method.trains_base is None else method.trains_base
+    if quantization is not None and (base_trains or not lora):
+        raise ValueError("memory plan: quantized base weights do not train: quantization needs LoRA with a frozen "
+                         "base (QLoRA); without LoRA it trains nothing")
     if strategy == "fsdp" and quantization is not None:
         raise ValueError("memory plan: FSDP with bitsandbytes-quantized weights is not supported (use ddp)")
     notes: list[str] = []
@@ -451,9 +506,10 @@ def plan(
     sharded = strategy == "fsdp"
     shards = world_size if sharded else 1
 
-    # dtypes: w = weight/residual-stream bytes, a = matmul-output bytes, t = trainable-parameter bytes
+    # dtypes: w = weight/residual-stream bytes, a = matmul-output bytes; adapters and the method's own
+    # parameters are fp32 (PEFT upcasts adapters; heads and prompts are created in fp32) unless bf16-true
     w_param = 2 if precision == "bf16-true" else DTYPE_BYTES[weight_dtype]
-    t = w_param if not lora else (2 if precision == "bf16-true" else 4)  # PEFT keeps adapters in fp32
+    e = 2 if precision == "bf16-true" else 4
     w = w_param
     if sharded:
         w = min(w, DTYPE_BYTES[fsdp.param_dtype])  # gathered parameters compute in param_dtype
@@ -463,26 +519,30 @@ def plan(
 
     # parameters, weights
     h, vocab, n_layers = model.hidden_size, model.vocab_size, model.num_layers
-    value_head = method.value_head_outputs * (h + 1)
-    trainable = (model.lora_params if lora else model.params) + value_head
-    if method.value_head_outputs and not lora and not model.tied_embeddings:
-        trainable -= vocab * h  # the reward model freezes an untied LM head it never uses
+    adapters = (model.lora_params if lora else 0) * method.adapter_copies
+    base_trainable = model.params if base_trains else 0
+    if base_trains and method.frozen_lm_head and not model.tied_embeddings:
+        base_trainable -= vocab * h  # an untied LM head the method never reads
+    trainable = base_trainable + adapters + method.own_trainable_params
     if quantization is not None:
         per_param = 0.5 + 1 / 64 + 4 / (64 * 256) if quantization == "4bit" else 1.0
         qbytes = model.quantizable_params * per_param + (4 * model.quantizable_rows if quantization == "8bit" else 0)
         weights = int(qbytes) + (model.params - model.quantizable_params) * w
     else:
         weights = model.params * w_param
-    weights += (model.lora_params if lora else 0) * t + value_head * 4
+    own_frozen = (method.own_params - method.own_trainable_params) * e  # not sharded: FSDP shards what trains
+    weights += adapters * e + method.own_trainable_params * e
     if method.reference == "frozen_copy":
         if sharded:
-            raise ValueError("memory plan: DPO live reference without LoRA is not supported under FSDP")
+            raise ValueError("memory plan: a frozen reference copy (live reference without LoRA) is not supported "
+                             "under FSDP")
         reference = model.params * w_param
     else:
         reference = 0
-    gradients = trainable * t
-    optimizer_states = 2 * trainable * t
-    optimizer_step = trainable * t  # foreach AdamW: sqrt(exp_avg_sq) for every parameter at once
+    trainable_bytes = base_trainable * w_param + (adapters + method.own_trainable_params) * e
+    gradients = trainable_bytes
+    optimizer_states = 2 * trainable_bytes
+    optimizer_step = trainable_bytes  # foreach AdamW: sqrt(exp_avg_sq) for every parameter at once
     host = 0
     if sharded:
         weights, gradients, optimizer_states, optimizer_step = (
@@ -492,6 +552,7 @@ def plan(
             host = weights + gradients + optimizer_states + optimizer_step
             weights = gradients = optimizer_states = optimizer_step = 0
             notes.append("FSDP cpu_offload: sharded weights, gradients and optimizer state live in host memory")
+    weights += own_frozen
     comm = gradients if strategy == "ddp" else 0
     runtime = CUDA_RUNTIME_BYTES if device == "cuda" else 0
 
@@ -500,7 +561,8 @@ def plan(
         p_bytes = DTYPE_BYTES[fsdp.param_dtype]
         root = model.params - n_layers * model.layer_params
         live_layers = n_layers if not fsdp.reshard_after_forward else min(2, n_layers)
-        copies = (root + live_layers * model.layer_params) * p_bytes + model.layer_params * 4  # + one unsharded grad
+        copies = (root + live_layers * model.layer_params + method.own_trainable_params) * p_bytes
+        copies += model.layer_params * 4  # one layer's unsharded gradient
     elif precision == "bf16-mixed" and w_param == 4:
         if quantization is not None:  # the LM head's cast, and at most a layer's worth dequantized at once
             copies = vocab * h * a + model.layer_params * 4
@@ -509,10 +571,12 @@ def plan(
     else:
         copies = 0
 
-    # activations
+    # activations: every row is the text plus the method's extra positions
     rows = method.rows_per_example * batch_size
-    tokens = rows * seq_len
-    per_layer = layer_activation_bytes(model, seq_len, w, a, attn_implementation, lora=lora, adapter_bytes=t)
+    row_len = seq_len + method.extra_tokens
+    tokens = rows * row_len
+    per_layer = layer_activation_bytes(model, row_len, w, a, attn_implementation, lora=lora, adapter_bytes=e,
+                                       base_trains=base_trains)
     checkpointing = gradient_checkpointing or (sharded and fsdp.activation_checkpointing)
     if checkpointing:
         layers_bytes = tokens * (n_layers * w * h + per_layer)
@@ -521,21 +585,28 @@ def plan(
         layers_bytes = tokens * n_layers * per_layer
     activations = layers_bytes + tokens * ((4 + w) * h + w * h)  # final norm, completion hidden states
     last_row_logits = rows * vocab * (a + 4)  # logits_to_keep=1: one row per sequence
-    if method.lm_head:
+    lm_head = last_row_logits
+    if method.lm_head:  # only completion positions reach the head: the text's, not the method's extra ones
         chunk = min(logprob_chunk_size, rows * (seq_len - 1))
-        lm_head = (12 + a) * chunk * vocab + last_row_logits
-    else:
-        lm_head = last_row_logits
+        logits_phase = (12 + a) * chunk * vocab
+        stacked = method.head_weight_params
+        if stacked:
+            logits_phase += (e + a) * stacked  # the stacked copy and its a-dtype cast
+            if method.head_weight_trains:
+                logits_phase = max(logits_phase, 3 * e * stacked + 4 * chunk * vocab)  # its gradient
+        lm_head += logits_phase
     if method.reference == "frozen_copy":
-        notes.append("DPO reference: live without LoRA holds a frozen copy of the weights")
+        notes.append("reference: live without LoRA holds a frozen copy of the weights")
+    notes += method.notes
     if device == "cpu":
         notes.append("CPU: memory above the process baseline (libraries, tokenizer, data); no CUDA runtime")
     return MemoryPlan(
-        model=model.name, method=method.name, params=model.params, trainable_params=trainable,
-        batch_size=batch_size, rows=rows, seq_len=seq_len, precision=precision, strategy=strategy,
-        world_size=world_size, device=device, weights=weights, reference=reference, gradients=gradients,
-        optimizer_states=optimizer_states, comm_buffers=comm, runtime=runtime, weight_copies=copies,
-        activations=activations, lm_head=lm_head, optimizer_step=optimizer_step, host_offload=host, notes=notes,
+        model=model.name, method=method.name, params=model.params + adapters + method.own_params,
+        trainable_params=trainable, batch_size=batch_size, rows=rows, seq_len=seq_len, precision=precision,
+        strategy=strategy, world_size=world_size, device=device, weights=weights, reference=reference,
+        gradients=gradients, optimizer_states=optimizer_states, comm_buffers=comm, runtime=runtime,
+        weight_copies=copies, activations=activations, lm_head=lm_head, optimizer_step=optimizer_step,
+        host_offload=host, own_params=method.own_params, extra_tokens=method.extra_tokens, notes=notes,
     )
 
 

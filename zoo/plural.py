@@ -1,4 +1,4 @@
-"""The plural model's k LM heads, mixed on logits by a weight vector Λ (CMPO, thesis Eq. 3.1):
+"""The plural model's k LM heads, mixed on logits by a weight vector Λ (Manyika 2024, Eq. 3.1):
 
     P(y | x) = softmax( Σ_j λ_j · h W_jᵀ )
 

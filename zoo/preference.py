@@ -5,10 +5,10 @@ A user steers any steerable model the same way, by weights per attribute name::
     python train.py predict --config configs/cmpo.yaml --ckpt_path last --steer '{"verbosity": 1}'
 
 and the server's ``steer`` request field, the steering sweep and the judge all go through the same two
-pieces. What a weight *means* is the method's business: CMPO mixes its heads' logits with them, MEET
-interpolates its good/bad controls, SteerLM writes them into its ratings line (ALT: a feedback string, DPA:
-a direction in reward space, Soups: merge weights). Methods that cannot be steered (DPO, SFT) have no
-attributes and refuse any preference with a clear message.
+pieces. What a weight *means* is the method's business: a plural model mixes its heads' logits with them, a
+control-token model picks or interpolates its controls, a ratings-conditioned model writes them into its
+ratings line (textual feedback, a direction in reward space and merge weights come next). Methods that cannot
+be steered have no attributes and refuse any preference with a clear message.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Preference:
 
     Build one with ``Preference.parse(value, attributes)``: ``value`` is a mapping, a JSON object string, or
     another ``Preference``. Negative weights and an all-zero vector are refused unless the method allows
-    them (``allow_negative`` / ``allow_zero``); ``max_weight`` bounds weights from above (SteerLM's ratings).
+    them (``allow_negative`` / ``allow_zero``); ``max_weight`` bounds weights from above (ratings on a fixed scale).
     """
 
     attributes: tuple[str, ...]

@@ -10,9 +10,11 @@ a list of ``{"role", "content"}`` dicts, the same shape chat templates take.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 ROLES = ("system", "user", "assistant")
@@ -110,14 +112,14 @@ class Record:
 
 @dataclass(frozen=True)
 class PromptRecord(Record):
-    """A prompt alone, for on-policy sampling (ALT, DPA, PPO, evaluation)."""
+    """A prompt alone, for on-policy sampling (online methods, evaluation)."""
 
     kind: ClassVar[str] = "prompt"
 
 
 @dataclass(frozen=True)
 class Demonstration(Record):
-    """A prompt with one reference response (SFT targets, TL;DR reference summaries)."""
+    """A prompt with one reference response (fine-tuning targets, TL;DR reference summaries)."""
 
     kind: ClassVar[str] = "demonstration"
     response: str = ""
@@ -172,7 +174,7 @@ class ScoredResponse(Record):
         return row
 
     def normalized(self, low: float = 0.0, high: float = 1.0) -> dict[str, float]:
-        """Scores mapped linearly from each declared scale onto ``[low, high]`` (DPA uses 0-100)."""
+        """Scores mapped linearly from each declared scale onto ``[low, high]`` (e.g. 0-100)."""
         return {
             a: low + (s - self.scales[a][0]) / (self.scales[a][1] - self.scales[a][0]) * (high - low)
             for a, s in self.scores.items()
@@ -182,3 +184,15 @@ class ScoredResponse(Record):
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.kind: cls for cls in (PromptRecord, Demonstration, PreferencePair, ScoredResponse)
 }
+
+
+def write_records(path: str | Path, records: Sequence[Record]) -> None:
+    """``records`` as JSON Lines, one ``to_row()`` per line — what ``datamodules.records_file`` reads back —
+    written through a temporary file and a rename, so a crash never leaves half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with tmp.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r.to_row(), ensure_ascii=False) + "\n")
+    tmp.replace(target)

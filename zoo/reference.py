@@ -1,6 +1,6 @@
 """Cached reference log-probs: computed once per (data, reference), kept in memory, on disk and in checkpoints.
 
-DPO-style losses compare the policy with a fixed reference π_ref on every example. Running π_ref every
+Preference losses of the direct-preference family compare the policy with a fixed reference π_ref on every example. Running π_ref every
 step costs a second forward (and, without LoRA, a second model in memory); its log-probs never change,
 so ``ReferenceCache`` computes them once for every example of a split, before they are needed, and looks
 them up by example index afterwards.

@@ -1,6 +1,6 @@
 """Offline attribute scorers: scores for text no human labelled.
 
-DPA's reward model labels its own samples, ALT turns rewards into feedback words, the steering sweeps
+A reward model labels an online method's samples, rewards become feedback words, the steering sweeps
 score generations per attribute, and the embedded demo data (real HH text) gets multi-attribute labels
 from these. Every scorer has a name per output and a declared scale, so its scores become
 ``ScoredResponse`` records directly.
@@ -167,11 +167,23 @@ BUILTIN_SCORERS: dict[str, Callable[[], Scorer]] = {
 
 
 def build_scorers(names: Sequence[str]) -> list[Scorer]:
-    """Scorers by name (``verbosity``, ``sentiment``), e.g. from a config's attribute list."""
-    unknown = [n for n in names if n not in BUILTIN_SCORERS]
-    if unknown:
-        raise ValueError(f"unknown offline scorer(s) {unknown}; built in: {sorted(BUILTIN_SCORERS)}")
-    return [BUILTIN_SCORERS[n]() for n in names]
+    """Scorers from config strings: a built-in name (``verbosity``, ``sentiment``), ``reward_model:<dir>`` (a
+    steerzoo reward model's ``save_pretrained`` directory) or ``classifier:<hub id or dir>:<label>`` (one label's
+    probability under an HF sequence classifier, e.g. a toxicity model)."""
+    out: list[Scorer] = []
+    for spec in names:
+        kind, _, rest = spec.partition(":")
+        if spec in BUILTIN_SCORERS:
+            out.append(BUILTIN_SCORERS[spec]())
+        elif kind == "reward_model" and rest:
+            out.append(RewardModelScorer(rest))
+        elif kind == "classifier" and rest.count(":") >= 1:
+            model, _, label = rest.rpartition(":")
+            out.append(ClassifierScorer(model, label))
+        else:
+            raise ValueError(f"unknown offline scorer {spec!r}; built in: {sorted(BUILTIN_SCORERS)}, or "
+                             "reward_model:<dir>, classifier:<model>:<label>")
+    return out
 
 
 def score_all(scorers: Sequence[Scorer], prompts: Sequence[str], responses: Sequence[str]) -> dict[str, list[float]]:

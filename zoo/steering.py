@@ -8,7 +8,7 @@ between λ and those means, and the difference between the two ends with its own
 Prompts, not samples, are the unit of resampling: a few prompts are noise, and the interval says how much.
 
 Method-agnostic: a method supplies ``generate(preference) -> texts`` (``n`` per prompt, prompt-major) through
-the one steering interface, so CMPO, MEET, SteerLM (and ALT, DPA, Soups) share the table and the plot.
+the one steering interface, so every steerable method shares the table and the plot.
 """
 
 from __future__ import annotations

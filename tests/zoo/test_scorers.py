@@ -42,3 +42,30 @@ def test_sentiment_is_the_mean_over_sentences_unless_asked_whole():
     one, many = "That is a good idea.", " ".join(["That is a good idea."] * 6)
     assert s.compound(many) == pytest.approx(s.compound(one))
     assert whole.compound(many) > whole.compound(one) + 0.2
+
+
+def test_reward_model_scorer_from_a_saved_steerzoo_reward_model(tmp_path):
+    """``reward_model:<dir>`` scores (prompt, reply) pairs with the saved head: the trained module's own rewards."""
+    import torch
+
+    from lightning_modules import RewardModel
+    from tests.factories import tiny_kwargs
+    from zoo.collate import PadCollator, tokenize_examples
+
+    module = RewardModel(**tiny_kwargs())
+    module.configure_model()
+    with torch.no_grad():
+        module.value_head.linear.weight.normal_()  # a head that separates replies
+    saved = module.save_pretrained(tmp_path / "rm")
+    (scorer,) = build_scorers([f"reward_model:{saved}"])
+    prompts, replies = ["Say hi", "Name a colour"], ["Hello there!", "Blue."]
+    got = scorer.score(prompts, replies)["reward"]
+    tok = tokenize_examples({"prompt": [[{"role": "user", "content": p}] for p in prompts],
+                             "completions": [[r] for r in replies]}, module.tokenizer, module.tokenize_settings)
+    batch = PadCollator(module.tokenizer.pad_token_id)(
+        [{"prompt_ids": p, "completion_ids": c} for p, c in zip(tok["prompt_ids"], tok["completion_ids"])])
+    with torch.no_grad():
+        want = module.rewards(batch)[:, 0].tolist()
+    assert got == pytest.approx(want, abs=1e-4) and abs(got[0] - got[1]) > 1e-3
+    with pytest.raises(ValueError, match="reward_model:<dir>"):
+        build_scorers(["reward_model"])
