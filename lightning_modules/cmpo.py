@@ -155,6 +155,13 @@ class CMPO(DPO):
         hidden, targets, rows, n = hidden_parts or batch_completion_hidden(self.model, batch)
         return sum_by_row(hidden, targets, rows, n, self.heads, self.logprob_chunk_size, (torch.cat([lam, lam]),))
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # an epoch's first batch starts its means afresh: a checkpoint written at the previous epoch's end (before
+        # Lightning resets logged metrics) still holds that epoch's sums, and a run resumed from it would mix them in
+        if batch_idx == 0:
+            for running in self.train_metrics.values():
+                running.reset()
+
     def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
         """Reward accuracy and margin per attribute, over the pairs whose condition includes it, aggregated per
         epoch, weighted by those pairs (a batch may hold none of an attribute's pairs: a per-step log would repeat
