@@ -79,18 +79,28 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 class SavePretrained(L.Callback):
-    """At the end of ``fit``, writes ``pl_module.save_pretrained(dirpath)`` (default: ``<log_dir>/hf``)."""
+    """At the end of ``fit``, writes ``pl_module.save_pretrained(dirpath)`` (default: ``<log_dir>/hf``; a relative
+    ``dirpath`` lies under ``trainer.default_root_dir``, e.g. ``hf`` -> ``runs/reward_model/hf``)."""
 
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
+        self.written: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # trainer.log_dir broadcasts from rank 0: every rank must ask, before the others return
-        path = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "hf")
+        if self.dirpath is None:
+            path = Path(trainer.log_dir or trainer.default_root_dir) / "hf"
+        else:
+            path = Path(trainer.default_root_dir) / self.dirpath  # an absolute dirpath stays as it is
         if not trainer.is_global_zero or not hasattr(pl_module, "save_pretrained"):
             return
         pl_module.save_pretrained(path)
+        self.written = path
         print(f"saved the trained model to {path}")
+
+    def written_paths(self) -> list[tuple[str, Path]]:
+        """What this run wrote, for ``callbacks.summary.RunSummary``."""
+        return [("hf/ (save_pretrained)", self.written)] if self.written else []
 
 
 def load_checkpoint_state(path: str | Path) -> dict[str, Any]:

@@ -68,3 +68,16 @@ class SteeringSweep(L.Callback):
         self.png = self.result.write(out, title=f"{type(pl_module).__name__} steering sweep")
         print(f"\nSteering sweep ({len(prompts)} held-out prompts):\n{self.result.table()}\n"
               f"(table, per-prompt scores and plot: {out}/sweep.md, sweep.csv, {self.png.name})")
+
+    # ---- for callbacks.summary.RunSummary ----------------------------------------------------------------
+    def summary_lines(self) -> list[str]:
+        if self.result is None:
+            return []
+        r = self.result
+        prompts = next(iter(r.scores.values())).shape[1]
+        return ([f"Steering  {len(r.grid)} weight vectors from {r.grid[0].label()} to {r.grid[-1].label()}, "
+                 f"{prompts} held-out prompts (95% bootstrap intervals over prompts):"]
+                + ["  " + line[2:] for line in r.verdicts()])
+
+    def written_paths(self) -> list[tuple[str, Path]]:
+        return [("steering sweep (plot, table, per-prompt scores)", self.png)] if self.png else []

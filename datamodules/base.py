@@ -238,6 +238,11 @@ class RecordDataModule(L.LightningDataModule):
         """Plain values ``to_records`` needs (filters, attribute names...)."""
         return {}
 
+    def record_code(self) -> tuple[Any, ...]:
+        """Objects whose source shapes ``to_records``'s output (their files feed the records cache fingerprint,
+        so editing one re-converts): the dataset file and ``zoo.records``, plus what a dataset calls (scorers)."""
+        return (type(self), records_module)
+
     # ---- the pipeline ---------------------------------------------------------------------------------
     def attach(self, builder: ExampleBuilder) -> RecordDataModule:
         """Take the method's ``ExampleBuilder`` (``module.example_builder()``); ``train.py`` calls this."""
@@ -282,7 +287,7 @@ class RecordDataModule(L.LightningDataModule):
                 source=source,
                 on_error=self.on_error,
                 options=self.record_options(),
-                code=code_digest(type(self), records_module),
+                code=code_digest(*self.record_code()),
             ),
             desc=f"{type(self).__name__}: {split} rows -> {kind} records",
         )

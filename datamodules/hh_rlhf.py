@@ -129,6 +129,11 @@ class HHRLHFDataModule(HubOrFilesDataModule):
     def record_options(self) -> dict[str, Any]:
         return {"single_turn": self.single_turn, "scorers": self.scorers}
 
+    def record_code(self) -> tuple[Any, ...]:
+        import zoo.scorers
+
+        return (*super().record_code(), zoo.scorers) if self.scorers else super().record_code()
+
     @staticmethod
     def to_records(row: dict[str, Any], kind: str, single_turn: bool = False, scorers: list[str] = ()) -> list[Record]:
         for name in ("chosen", "rejected"):

@@ -366,6 +366,11 @@ class CausalLMModule(L.LightningModule):
             for k, text in enumerate(samples.texts)
         ]
 
+    def example_metrics(self, batch: dict[str, torch.Tensor], split: str = "validation") -> dict[str, torch.Tensor]:
+        """The method's headline held-out metrics, per example ([B] each; NaN where an example does not count).
+        ``callbacks.summary.RunSummary`` averages them over the validation split before and after training."""
+        return {}
+
     def prediction_info(self) -> dict[str, Any]:
         """Extra fields written beside each prediction, under the current steering (e.g. MEET's control)."""
         return {}

@@ -9,10 +9,14 @@ adapter-disabled base with LoRA). At inference the user picks Λ by attribute na
 heads are fused once (Σ λ_j W_j) and decoding costs one head.
 
 Where the thesis is silent (each a config switch, see docs/methods/cmpo.md):
-- head init (``head_init``): ``copy`` of the base head (default; with Σλ = 1 the untrained model equals
-  the reference exactly) or ``lowrank`` deltas W + B_j A_j;
-- what trains (``train_heads``; LoRA via ``backbone.lora``; the thesis: LoRA on attention);
+- head init (``head_init``): ``copy`` of the base head (default) or ``lowrank`` deltas W + B_j A_j. Untrained,
+  both give the base logits times Σλ, so the untrained model equals the reference exactly only when Σλ = 1: for
+  Eq. 3.2 and one-hot weights, not for A.1 (Σλ can be 0: all logits 0) or A.2 (Σλ ≠ 1: a temperature). We keep
+  Eq. 3.1 unnormalised, as printed; fit says how many training samples have Σλ ≠ 1;
+- what trains (``train_heads``, ``train_trunk``; LoRA via ``backbone.lora``; the thesis: LoRA on attention);
+  ``train_trunk: false`` freezes the whole trunk and trains the heads alone (the embedded demo);
 - weighting rule (``weighting``): Eq. 3.2 power set (default), one-hot, A.1 negative, A.2 rating ratio;
+- which pairs (``tradeoffs_only``): all (default) or only those that trade attributes off (``cmpo_pairs``);
 - prompt tokens are masked and log-probs summed (standard DPO); losses averaged over the batch;
 - "higher score wins" for every attribute, toxicity included (the thesis steers *towards* attributes).
 """
@@ -34,7 +38,7 @@ from zoo.backbone import base_model, resolve_path
 from zoo.heads import load_saved_head, save_head
 from zoo.logprobs import batch_completion_hidden, sum_by_row
 from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
-from zoo.metrics import ResumableMean
+from zoo.metrics import ResumableMean, pairwise_accuracy
 from zoo.plural import HeadInit, PluralHead
 from zoo.preference import Preference
 from zoo.records import Record
@@ -55,6 +59,8 @@ class CMPO(DPO):
         ratio_offset: δ of the rating-ratio rule (avoids division by zero).
         head_init: ``copy`` | ``lowrank``; head_rank: r of the low-rank heads.
         train_heads: train the k heads (else only the trunk's LoRA/full weights train).
+        train_trunk: train the trunk (its LoRA adapters, or all of it without LoRA); ``false``: heads only.
+        tradeoffs_only: keep only response pairs that trade attributes off (``cmpo_pairs``).
         steer: inference weights by attribute name (``zoo.preference``), e.g. ``{"helpfulness": 0.7,
             "verbosity": 0.3}`` (missing attributes get 0); default: uniform. Predict mixes the heads with it.
         allow_negative_weights: accept negative steering weights (proxy-tuning-like offsets).
@@ -72,6 +78,8 @@ class CMPO(DPO):
         head_init: HeadInit = "copy",
         head_rank: int = 8,
         train_heads: bool = True,
+        train_trunk: bool = True,
+        tradeoffs_only: bool = False,
         allow_negative_weights: bool = False,
         beta: float = 0.5,
         label_smoothing: float = 0.1,
@@ -84,6 +92,9 @@ class CMPO(DPO):
         self.attributes, self.data_kind, self.weighting = list(attributes), data_kind, weighting
         self.ratio_offset, self.head_init, self.head_rank = ratio_offset, head_init, head_rank
         self.train_heads, self.allow_negative_weights = train_heads, allow_negative_weights
+        self.train_trunk, self.tradeoffs_only = train_trunk, tradeoffs_only
+        if not train_heads and not train_trunk:
+            raise ValueError("model.train_heads and model.train_trunk are both false: nothing would train")
         self.record_kind = data_kind
         super().__init__(beta=beta, label_smoothing=label_smoothing, **kwargs)
         self.heads: PluralHead | None = None
@@ -94,19 +105,20 @@ class CMPO(DPO):
     def method_hparams(self) -> dict[str, Any]:
         return {**super().method_hparams(), "attributes": self.attributes, "data_kind": self.data_kind,
                 "weighting": self.weighting, "ratio_offset": self.ratio_offset, "head_init": self.head_init,
-                "head_rank": self.head_rank, "train_heads": self.train_heads,
-                "allow_negative_weights": self.allow_negative_weights}
+                "head_rank": self.head_rank, "train_heads": self.train_heads, "train_trunk": self.train_trunk,
+                "tradeoffs_only": self.tradeoffs_only, "allow_negative_weights": self.allow_negative_weights}
 
     # ---- data: conditioned pairs ------------------------------------------------------------------
     @staticmethod
     def example_fn(records: Sequence[Record], attributes: Sequence[str] = (), weighting: Weighting = "power_set",
-                   ratio_offset: float = 0.25) -> Iterable[dict[str, Any]]:
-        for p in prompt_pairs(records, attributes, weighting, ratio_offset):
+                   ratio_offset: float = 0.25, tradeoffs_only: bool = False) -> Iterable[dict[str, Any]]:
+        for p in prompt_pairs(records, attributes, weighting, ratio_offset, tradeoffs_only):
             yield {"prompt": list(records[0].prompt), "completions": [p.chosen, p.rejected],
                    "weights": list(p.weights), "condition": "+".join(p.condition)}
 
     def example_kwargs(self, split: str) -> dict[str, Any]:
-        return {"attributes": self.attributes, "weighting": self.weighting, "ratio_offset": self.ratio_offset}
+        return {"attributes": self.attributes, "weighting": self.weighting, "ratio_offset": self.ratio_offset,
+                "tradeoffs_only": self.tradeoffs_only}
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
@@ -115,6 +127,10 @@ class CMPO(DPO):
                 counts = Counter(dm.datasets[split]["condition"])
                 print(f"CMPO {split}: {len(dm.datasets[split])} conditioned samples ({self.weighting}): "
                       + ", ".join(f"{c}={n}" for c, n in sorted(counts.items())))
+                off = sum(abs(sum(w) - 1) > 1e-6 for w in dm.datasets[split]["weights"])
+                if off:
+                    print(f"CMPO {split}: {off} samples have weights that do not sum to 1 ({self.weighting}): on them "
+                          "the untrained model is not the reference (Eq. 3.1 mixes the logits unnormalised)")
         super().on_fit_start()
 
     # ---- model ------------------------------------------------------------------------------------
@@ -125,6 +141,8 @@ class CMPO(DPO):
         load_saved_head(self.heads, resolve_path(self.backbone_cfg.name_or_path), HEADS_FILE, META_FILE,
                         {"attributes": self.attributes, "head_init": self.head_init, "head_rank": self.head_rank})
         self.heads.requires_grad_(self.train_heads)
+        if not self.train_trunk:  # heads only: the trunk (LoRA adapters included) stays the reference's
+            self.model.requires_grad_(False)
         # the single base head is the reference; the policy reads the plural heads only
         head, embed = base.get_output_embeddings(), base.get_input_embeddings()
         if head.weight is not embed.weight:
@@ -136,6 +154,13 @@ class CMPO(DPO):
         lam = batch["weights"].float()
         hidden, targets, rows, n = hidden_parts or batch_completion_hidden(self.model, batch)
         return sum_by_row(hidden, targets, rows, n, self.heads, self.logprob_chunk_size, (torch.cat([lam, lam]),))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # an epoch's first batch starts its means afresh: a checkpoint written at the previous epoch's end (before
+        # Lightning resets logged metrics) still holds that epoch's sums, and a run resumed from it would mix them in
+        if batch_idx == 0:
+            for running in self.train_metrics.values():
+                running.reset()
 
     def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
         """Reward accuracy and margin per attribute, over the pairs whose condition includes it, aggregated per
@@ -156,11 +181,43 @@ class CMPO(DPO):
                 elif m.any():
                     self.log(key, value, batch_size=int(m.sum()), sync_dist=True)
 
+    # ---- heads only: the reference shares the trunk's forward -------------------------------------------
+    def shares_reference_trunk(self) -> bool:
+        """``train_trunk: false`` with ``reference: live``: the trunk never changes, so π_ref is the base head on the
+        same hidden states, exactly: one trunk forward gives policy and reference (no cache pass, no 2nd model)."""
+        return not self.train_trunk and self.reference == "live" and self.reference_model is None
+
+    @torch.no_grad()
+    def base_head_logps(self, parts: tuple) -> torch.Tensor:
+        hidden, targets, rows, n = parts
+        return sum_by_row(hidden.detach(), targets, rows, n, base_model(self.model).get_output_embeddings(),
+                          self.logprob_chunk_size)[0]
+
+    def pair_losses(self, batch: dict[str, torch.Tensor], split: str, policy: tuple | None = None,
+                    ref: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if policy is None and ref is None and self.shares_reference_trunk():
+            parts = batch_completion_hidden(self.model, batch)
+            policy, ref = self.policy_logps(batch, parts), self.base_head_logps(parts)
+        return super().pair_losses(batch, split, policy, ref)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         parts = batch_completion_hidden(self.model, batch)  # one trunk forward: the loss and every head's accuracy
-        loss = self.dpo_step(batch, "validation", policy=self.policy_logps(batch, parts))
+        ref = self.base_head_logps(parts) if self.shares_reference_trunk() else None
+        loss = self.dpo_step(batch, "validation", policy=self.policy_logps(batch, parts), ref=ref)
         self.log_preference_accuracy(batch, "val", parts)
         return loss
+
+    def example_metrics(self, batch: dict[str, torch.Tensor], split: str = "validation") -> dict[str, torch.Tensor]:
+        """Per held-out pair and attribute a (NaN unless the pair's condition includes a): reward accuracy (ties
+        count ½) and margin under the pair's own Λ."""
+        _, r_c, r_r = self.pair_losses(batch, split)
+        acc, nan = pairwise_accuracy(r_c, r_r), torch.full_like(r_c, float("nan"))
+        out = {}
+        for j, name in enumerate(self.attributes):
+            on = batch["weights"][:, j].to(r_c.device) > 0
+            out[f"reward_accuracy/{name}"] = torch.where(on, acc, nan)
+            out[f"reward_margin/{name}"] = torch.where(on, r_c - r_r, nan)
+        return out
 
     @torch.no_grad()
     def log_preference_accuracy(self, batch: dict[str, torch.Tensor], stage: str, hidden_parts: tuple | None = None) -> None:

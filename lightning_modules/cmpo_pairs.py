@@ -14,6 +14,10 @@ under which y ≻ y′ is valid. Per (prompt, S) the pair with the greatest net 
   normalised to [0, 1] by its declared scale. δ (``ratio_offset``) keeps a zero rating from dividing
   by zero (the thesis leaves this open); δ = 0 gives the printed ratio for 0-based scales.
 
+``tradeoffs_only`` keeps only the response pairs that trade attributes off (y beats y′ on some attribute and y′
+beats y on another). Those are the pairs that tell the heads apart: a pair on which one response wins everything
+trains every head of its conditions the same way (an option of ours, not the thesis's; the embedded demo uses it).
+
 Pairwise data with per-attribute labels (PKU-SafeRLHF: helpfulness, safety) enters as pseudo-scores:
 for each labelled attribute the preferred response scores 1 and the other 0, per response pair.
 """
@@ -54,6 +58,7 @@ def conditioned_pairs(
     weighting: Weighting = "power_set",
     scales: dict[str, tuple[float, float]] | None = None,
     ratio_offset: float = 0.25,
+    tradeoffs_only: bool = False,
 ) -> list[ConditionedPair]:
     """D_{≻;A;Λ} for one prompt's responses and their per-attribute scores (see the module docstring)."""
     if weighting not in WEIGHTINGS:
@@ -64,6 +69,8 @@ def conditioned_pairs(
             continue
         labelled = [a for a in attributes if a in scores[i] and a in scores[j]]
         wins = [a for a in labelled if scores[i][a] > scores[j][a]]
+        if tradeoffs_only and not any(scores[j][a] > scores[i][a] for a in labelled):
+            continue
         for s in _subsets(wins, one_hot=weighting == "one_hot"):
             margin = sum(scores[i][a] - scores[j][a] for a in s)
             if s not in best or margin > best[s][0]:
@@ -109,6 +116,7 @@ def prompt_pairs(
     attributes: Sequence[str],
     weighting: Weighting = "power_set",
     ratio_offset: float = 0.25,
+    tradeoffs_only: bool = False,
 ) -> list[ConditionedPair]:
     """Conditioned pairs of one prompt's records: scored responses, or attribute-labelled pairs."""
     if all(isinstance(r, ScoredResponse) for r in records):
@@ -118,13 +126,13 @@ def prompt_pairs(
         if not set(attributes) & {a for r in records for a in r.scores}:
             return []  # e.g. an OASST prompt in a HelpSteer + OASST mixture (all-empty data still fails later)
         return conditioned_pairs([r.response for r in records], [r.scores for r in records], attributes, weighting,
-                                 scales, ratio_offset)
+                                 scales, ratio_offset, tradeoffs_only)
     if all(isinstance(r, PreferencePair) for r in records):
         if weighting == "rating_ratio":
             raise ValueError("rating_ratio weighting needs scalar ratings; pairwise data has none")
         seen: dict[tuple[str, ...], ConditionedPair] = {}
         for responses, scores in _pairwise_scores(records):
-            for p in conditioned_pairs(responses, scores, attributes, weighting):
+            for p in conditioned_pairs(responses, scores, attributes, weighting, tradeoffs_only=tradeoffs_only):
                 seen.setdefault(p.condition, p)  # binary labels: every margin ties, keep the first pair
         return list(seen.values())
     raise ValueError("CMPO needs scored responses or attribute-labelled preference pairs for each prompt")

@@ -38,6 +38,7 @@ from zoo.backbone import BackboneConfig, load_backbone, uses_peft
 from zoo.logprobs import batch_sequence_logprobs
 from zoo.losses import DPOLossType, dpo_loss
 from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
+from zoo.metrics import pairwise_accuracy
 from zoo.records import PreferencePair
 from zoo.reference import ReferenceCache, cache_key, default_cache_dir
 
@@ -193,21 +194,37 @@ class DPO(CausalLMModule):
     def log_pair_metrics(self, batch: dict[str, torch.Tensor], stage: str, r_c: torch.Tensor, r_r: torch.Tensor) -> None:
         """Extra per-batch metrics (CMPO logs them per attribute)."""
 
-    def dpo_step(
-        self, batch: dict[str, torch.Tensor], split: str, policy: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """The loss and its metrics; ``policy`` = (log-probs, lengths) when the caller already computed them."""
+    def pair_losses(
+        self, batch: dict[str, torch.Tensor], split: str, policy: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ref: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-pair (losses, r_c, r_r) (``zoo.losses.dpo_loss``); ``policy`` = (log-probs, lengths) and ``ref``
+        (reference log-probs [2B]) when the caller already computed them."""
         logps, counts = policy if policy is not None else self.policy_logps(batch)
         b = batch["idx"].shape[0]
-        if self.reference == "cached":
+        if ref is not None:
+            ref = ref.to(logps.dtype)
+        elif self.reference == "cached":
             ref = self.ref_cache.lookup(split, batch["idx"]).to(logps.device)
             ref = torch.cat([ref[:, 0], ref[:, 1]])
         else:
             ref = self.reference_logps(batch).to(logps.dtype)
         lengths = (counts[:b], counts[b:]) if self.loss_type == "ipo" else None  # IPO averages per token
-        losses, r_c, r_r = dpo_loss(
-            logps[:b], logps[b:], ref[:b], ref[b:], self.beta, self.loss_type, self.label_smoothing, lengths
-        )
+        return dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], self.beta, self.loss_type, self.label_smoothing,
+                        lengths)
+
+    def example_metrics(self, batch: dict[str, torch.Tensor], split: str = "validation") -> dict[str, torch.Tensor]:
+        """Per held-out pair: reward accuracy (ties count ½: 0.5 for the untrained policy) and margin r_c − r_r."""
+        _, r_c, r_r = self.pair_losses(batch, split)
+        return {"reward_accuracy": pairwise_accuracy(r_c, r_r), "reward_margin": r_c - r_r}
+
+    def dpo_step(
+        self, batch: dict[str, torch.Tensor], split: str, policy: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ref: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss and its metrics; ``policy`` and ``ref`` as in ``pair_losses``."""
+        b = batch["idx"].shape[0]
+        losses, r_c, r_r = self.pair_losses(batch, split, policy, ref)
         loss = losses.mean()
         stage = STAGE_PREFIX[split]
         self.log_dict(

@@ -19,6 +19,9 @@ Where the paper is silent, we chose (see docs/methods/meet.md):
 - control placement: ``before`` the prompt (after a tokenizer-added BOS) by default, ``between`` selectable;
   the max length (512, over-long examples dropped) counts text tokens, not soft-prompt positions;
 - soft-prompt init: the embedding of " good"/" bad" (leading space; mean over sub-tokens) repeated L times;
+- CoH text: how the phrase is written, ``control.text_template``: ``"{text}:"`` (the default, embedded coh.yaml)
+  adds a colon the paper does not have ("A good conversation is:"); the paper configs write the phrase as
+  printed (``"{text}"``, and ``"{text}\n"`` before a TL;DR post, which starts without a separator);
 - LoRA: alpha 8 (scale 2 at rank 4), dropout 0, every linear layer but the LM head, two adapters on one base;
 - step 2's control-token learning rate: ``second_control_lr``, default the LM's (``optim.lr``, 2e-5);
 - step 2 starts a fresh optimizer (as a separate run would) and each phase has its own LR schedule;
@@ -42,6 +45,7 @@ from callbacks.phase_switch import PhaseSwitch
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass, plain_values, split_decay
 from zoo.backbone import BackboneConfig, LoraSettings
 from zoo.control import (
+    BAD,
     CONTROL_NAMES,
     GOOD,
     Control,
@@ -56,6 +60,7 @@ from zoo.control import (
     text_control_ids,
 )
 from zoo.memory_plan import MethodFacts, ModelFacts, constructor_args
+from zoo.metrics import pairwise_accuracy
 from zoo.preference import Preference, PreferenceError
 from zoo.records import PreferencePair
 
@@ -207,6 +212,21 @@ class MEET(CausalLMModule):
             metrics["train/phase"] = float(self.phase)
         self.log_dict(metrics, prog_bar=split == "train", batch_size=b, sync_dist=split != "train")
         return loss
+
+    def example_metrics(self, batch: dict[str, torch.Tensor], split: str = "validation") -> dict[str, torch.Tensor]:
+        """Per held-out pair, how much more the "good" control prefers the chosen reply than the "bad" one does:
+        control margin = [log M(y_w|x,θ_c^w) − log M(y_w|x,θ_c^l)] − [log M(y_l|x,θ_c^w) − log M(y_l|x,θ_c^l)]
+        (DPO's implicit reward margin with θ_c^l in the reference's place), and its accuracy (> 0; ties ½)."""
+        b = batch["idx"].shape[0]
+        n = batch["input_ids"].shape[0]
+        device = batch["input_ids"].device
+        logps = {}
+        for c in (GOOD, BAD):
+            logps[c], _ = controlled_logprobs(self.model, self.control, batch["input_ids"], batch["attention_mask"],
+                                              batch["labels"], torch.full((n,), c, device=device),
+                                              self.logprob_chunk_size)
+        ratio = logps[GOOD] - logps[BAD]
+        return {"control_accuracy": pairwise_accuracy(ratio[:b], ratio[b:]), "control_margin": ratio[:b] - ratio[b:]}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.meet_step(batch, "train")

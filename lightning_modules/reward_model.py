@@ -23,6 +23,7 @@ from zoo.heads import ValueHead, save_head
 from zoo.logprobs import batch_last_hidden
 from zoo.losses import bradley_terry_loss
 from zoo.memory_plan import MethodFacts, ModelFacts
+from zoo.metrics import pairwise_accuracy
 from zoo.records import PreferencePair
 
 
@@ -89,6 +90,12 @@ class RewardModel(CausalLMModule):
         )
         return loss
 
+    def example_metrics(self, batch: dict[str, torch.Tensor], split: str = "validation") -> dict[str, torch.Tensor]:
+        """Per held-out pair: accuracy (r_c > r_r; ties count ½) and margin r_c − r_r."""
+        r = self.rewards(batch)[:, 0]
+        b = batch["idx"].shape[0]
+        return {"accuracy": pairwise_accuracy(r[:b], r[b:]), "margin": r[:b] - r[b:]}
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.rm_step(batch, "train")
 
@@ -97,6 +104,15 @@ class RewardModel(CausalLMModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.rm_step(batch, "test")
+
+    def usage(self, written: dict[str, Path]) -> str | None:
+        """How the run summary says to use a trained reward model (it scores replies; it is not for predict)."""
+        hf = written.get("hf/ (save_pretrained)")
+        if hf is None:
+            return None
+        return (f"python -c \"from zoo.scorers import RewardModelScorer; "
+                f"print(RewardModelScorer('{hf}').score(['How do I boil an egg?'], ['Simmer it for 8 minutes.']))\""
+                f"  (configs/meet.yaml's judge reads {hf})")
 
     def save_pretrained(self, path: str | Path) -> Path:
         path = super().save_pretrained(path)

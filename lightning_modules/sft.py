@@ -36,6 +36,13 @@ class SFT(CausalLMModule):
         self.log(f"{stage}/tokens", counts.sum().float(), reduce_fx="sum", batch_size=logps.shape[0])
         return loss
 
+    def example_metrics(self, batch: dict[str, torch.Tensor], split: str = "validation") -> dict[str, torch.Tensor]:
+        """Per held-out demonstration: the completion's mean NLL per token (lower is better)."""
+        logps, counts = sequence_logprobs(
+            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_size
+        )
+        return {"nll_per_token": -logps / counts.clamp(min=1)}
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.sft_step(batch, "train")
 

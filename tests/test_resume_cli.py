@@ -25,7 +25,8 @@ METHODS = {  # name: (config, extra flags)
     "dpo": ("dpo", []),
     "sft": ("sft", []),
     "reward_model": ("reward_model", []),
-    "cmpo": ("cmpo", []),
+    # all valid pairs: trade-off rows alone (~40%) leave 8 tiny rows one batch per epoch; heads-only stays on
+    "cmpo": ("cmpo", ["--model.init_args.tradeoffs_only", "false"]),
     "meet": ("meet", ["--model.init_args.control.length", "2"]),
     "coh": ("coh", ["--model.init_args.phases.second_epochs", "2"]),
     "steerlm_apm": ("cmpo", ["--model", "lightning_modules.steerlm.SteerLMAttributeModel", *APM_ACM]),

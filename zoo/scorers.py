@@ -6,7 +6,8 @@ from these. Every scorer has a name per output and a declared scale, so its scor
 ``ScoredResponse`` records directly.
 
 - ``LengthScorer``: verbosity as words (or characters) per response.
-- ``SentimentScorer``: VADER's compound polarity in [-1, 1] (``vaderSentiment``, a lexicon; offline).
+- ``SentimentScorer``: VADER's compound polarity in [-1, 1], mean over sentences (``vaderSentiment``, a lexicon;
+  offline).
 - ``ClassifierScorer``: any HF sequence-classification model (hub id or directory), one label's
   probability (e.g. a toxicity classifier).
 - ``RewardModelScorer``: a steerzoo reward-model directory (``save_pretrained`` trunk + value head).
@@ -16,6 +17,7 @@ from these. Every scorer has a name per output and a declared scale, so its scor
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -45,16 +47,31 @@ class LengthScorer:
 
 
 class SentimentScorer:
-    """VADER compound sentiment in [-1, 1] (Hutto & Gilbert, 2014): positive text scores high."""
+    """VADER compound sentiment in [-1, 1] (Hutto & Gilbert, 2014): positive text scores high.
 
-    def __init__(self, name: str = "sentiment"):
+    ``per_sentence`` (default): the mean compound score of the text's sentences, as VADER's authors recommend
+    for paragraphs ("VADER works best when analysis is done at the sentence level", their demo). One compound
+    score of a whole paragraph sums every sentence's valence before squashing it, so it drifts towards ±1 as
+    text gets longer: it would measure length as much as tone. ``per_sentence=False`` scores the text whole."""
+
+    def __init__(self, name: str = "sentiment", per_sentence: bool = True):
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         self.names, self.scales = [name], {name: (-1.0, 1.0)}
+        self.per_sentence = per_sentence
         self._analyzer = SentimentIntensityAnalyzer()
 
+    def compound(self, text: str) -> float:
+        if not self.per_sentence:
+            return float(self._analyzer.polarity_scores(text)["compound"])
+        sentences = [s for s in SENTENCE_END.split(text) if s.strip()] or [text]
+        return sum(self._analyzer.polarity_scores(s)["compound"] for s in sentences) / len(sentences)
+
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, list[float]]:
-        return {self.names[0]: [float(self._analyzer.polarity_scores(r)["compound"]) for r in responses]}
+        return {self.names[0]: [float(self.compound(r)) for r in responses]}
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")  # a sentence ends at . ! ? before a space, or at a line break
 
 
 class ClassifierScorer:
@@ -110,14 +127,19 @@ class RewardModelScorer:
         self.batch_size, self.device = batch_size, device
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, list[float]]:
+    def score(self, prompts: Sequence[str | Sequence[dict]], responses: Sequence[str]) -> dict[str, list[float]]:
+        """Rewards of (prompt, response) pairs; a prompt is a user turn or a whole conversation (messages), rendered
+        with the chat template as the reward model saw its training pairs."""
         from zoo.logprobs import last_token_hidden
+
+        def conversation(p):
+            return [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
 
         out: dict[str, list[float]] = {n: [] for n in self.names}
         for i in range(0, len(responses), self.batch_size):
             texts = [
-                self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                   add_generation_prompt=True) + r + (self.tokenizer.eos_token or "")
+                self.tokenizer.apply_chat_template(conversation(p), tokenize=False, add_generation_prompt=True)
+                + r + (self.tokenizer.eos_token or "")
                 for p, r in zip(prompts[i : i + self.batch_size], responses[i : i + self.batch_size])
             ]
             self.tokenizer.padding_side = "right"

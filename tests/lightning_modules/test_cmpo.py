@@ -12,6 +12,7 @@ import torch
 from datamodules.base import RecordDataModule
 from lightning_modules import CMPO, SFT
 from tests.factories import tiny_kwargs, trainer
+from zoo.logprobs import batch_completion_hidden
 from zoo.losses import dpo_loss
 from zoo.records import Demonstration, ScoredResponse
 from zoo.sampling import SamplingSettings
@@ -144,6 +145,30 @@ def test_steer_validation():
     module = cmpo(steer={"a": -1.0, "b": 1.0}, allow_negative_weights=True)
     assert module.steer_preference.vector().tolist() == [-1.0, 1.0]
     assert module.default_preference().as_dict() == {"a": 0.5, "b": 0.5}
+
+
+def test_heads_only_training_keeps_the_trunk_and_shares_its_forward_with_the_reference(tmp_cwd):
+    """``train_trunk: false``: after training every trunk weight is bit-identical and every head weight changed;
+    with ``reference: live`` the reference log-probs come from the base head on the same trunk pass and equal
+    the separately computed reference (so the loss starts at exactly (1-ε)·log 2 + ε·log 2 = log 2)."""
+    module = cmpo(head_init="lowrank", train_trunk=False, reference="live", optim={"lr": 1e-2})
+    module.configure_model()
+    trunk_before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    heads_before = {k: v.clone() for k, v in module.heads.state_dict().items()}
+    dm = SyntheticSteering(batch_size=4).attach(module.example_builder())
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        losses, _, _ = module.pair_losses(batch, "train")  # shared trunk pass
+        base_ref = CMPO.reference_logps(module, batch)  # a separate forward through the single-head base model
+        parts = batch_completion_hidden(module.model, batch)
+    torch.testing.assert_close(module.base_head_logps(parts), base_ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(losses, torch.full_like(losses, math.log(2)), rtol=1e-5, atol=1e-5)
+    trainer(tmp_cwd, max_steps=3).fit(module, datamodule=dm)
+    for k, v in module.model.state_dict().items():
+        assert torch.equal(v, trunk_before[k]), k
+    for k, v in module.heads.state_dict().items():
+        assert not torch.equal(v, heads_before[k]), k
 
 
 def test_mixed_preferences_in_one_batch_give_each_rows_own_output():

@@ -85,3 +85,18 @@ def test_scored_records():
     scales = {"help": (0, 4), "verb": (0, 4)}
     recs = [ScoredResponse(prompt=x, response=r, scores=s, scales=scales) for r, s in zip(RESP, SCORES)]
     assert {p.condition for p in prompt_pairs(recs, ATTRS)} == {("help",), ("verb",)}
+
+
+def test_tradeoffs_only_keeps_pairs_that_trade_attributes_off():
+    #       help verb
+    # y0:    4    1     y0 vs y2: wins help, ties verb (one-sided, the largest help margin)
+    # y1:    3    4     y1 vs y2: wins both (one-sided); y0 vs y1: a trade-off
+    # y2:    0    1
+    scores = [{"help": 4, "verb": 1}, {"help": 3, "verb": 4}, {"help": 0, "verb": 1}]
+    every = by_condition(conditioned_pairs(RESP, scores, ATTRS, "power_set"))
+    assert (every[("help",)].chosen, every[("help",)].rejected) == ("y0", "y2")
+    assert ("help", "verb") in every
+    kept = by_condition(conditioned_pairs(RESP, scores, ATTRS, "power_set", tradeoffs_only=True))
+    assert set(kept) == {("help",), ("verb",)}  # a trade-off pair never wins on both attributes
+    assert (kept[("help",)].chosen, kept[("help",)].rejected) == ("y0", "y1")
+    assert (kept[("verb",)].chosen, kept[("verb",)].rejected) == ("y1", "y0")

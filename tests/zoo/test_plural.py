@@ -66,3 +66,24 @@ def test_per_row_weights():
     torch.testing.assert_close(out[1], heads.head_logits(h, 2)[1])
     with pytest.raises(ValueError, match="head weights must have shape"):
         heads(h, torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("init", ["copy", "lowrank"])
+def test_untrained_heads_equal_the_base_only_when_weights_sum_to_one(init):
+    """Identical (untrained) heads give the base logits times Σλ: the untrained plural model is the reference for
+    Eq. 3.2 and one-hot weights (Σλ = 1), but not for the A.1 and A.2 weightings, whose weights the pair builder
+    really produces with Σλ = 0 (all logits 0: a uniform distribution) and Σλ ≠ 1 (a temperature)."""
+    from lightning_modules.cmpo_pairs import conditioned_pairs
+
+    base = _base()
+    heads = PluralHead(base, ["a", "b"], init=init)
+    h = torch.randn(7, 16)
+    for lam, scale in (([1.0, 0.0], 1.0), ([0.5, 0.5], 1.0), ([1.0, -1.0], 0.0), ([0.75, 0.0], 0.75)):
+        out = heads(h, torch.tensor([lam] * 7))
+        torch.testing.assert_close(out, scale * base(h), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(out, base(h), atol=1e-4) == (scale == 1.0)
+    scores = [{"a": 3.0, "b": 1.0}, {"a": 1.0, "b": 2.0}]  # a trade-off: each reply wins one attribute
+    negative = conditioned_pairs(["x", "y"], scores, ["a", "b"], "negative")
+    assert sorted(p.weights for p in negative) == [(-1.0, 1.0), (1.0, -1.0)]  # Σλ = 0
+    ratio = conditioned_pairs(["x", "y"], scores, ["a", "b"], "rating_ratio", scales={"a": (0, 4), "b": (0, 4)})
+    assert all(abs(sum(p.weights) - 1) > 0.1 for p in ratio)

@@ -32,6 +32,18 @@ def test_build_and_merge():
         score_all([LengthScorer(), LengthScorer()], ["q"], ["a"])
 
 
+def test_sentiment_is_the_mean_over_sentences_unless_asked_whole():
+    text = "I love this. The table has four legs.\nIt is terrible!"
+    s, whole = SentimentScorer(), SentimentScorer(per_sentence=False)
+    parts = [s.compound(t) for t in ("I love this.", "The table has four legs.", "It is terrible!")]
+    assert s.score(["q"], [text])["sentiment"][0] == pytest.approx(sum(parts) / 3)
+    assert whole.score(["q"], [text])["sentiment"][0] == pytest.approx(whole._analyzer.polarity_scores(text)["compound"])
+    # repeating a mildly positive sentence drives the whole-text score towards 1, not the per-sentence mean
+    one, many = "That is a good idea.", " ".join(["That is a good idea."] * 6)
+    assert s.compound(many) == pytest.approx(s.compound(one))
+    assert whole.compound(many) > whole.compound(one) + 0.2
+
+
 def test_reward_model_scorer_from_a_saved_steerzoo_reward_model(tmp_path):
     """``reward_model:<dir>`` scores (prompt, reply) pairs with the saved head: the trained module's own rewards."""
     import torch
