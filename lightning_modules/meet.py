@@ -223,12 +223,18 @@ class MEET(CausalLMModule):
 
     @contextmanager
     def apply_preference(self, preference: Preference) -> Iterator[None]:
-        """A one-hot preference selects its control for ``generate``."""
+        """A one-hot preference selects its control for ``generate``; with soft-prompt controls any weights mix
+        the two prompts (Σ_c w_c θ_c / Σ_c w_c, an interpolation between θ_c^w and θ_c^l). LoRA and text
+        controls take one control at a time."""
         nonzero = [i for i, w in enumerate(preference.weights) if w]
-        if len(nonzero) != 1:
+        if len(nonzero) == 1:
+            active = nonzero[0]
+        elif self.control_cfg.kind == "prompt":
+            active = preference.vector()
+        else:
             raise PreferenceError(f"MEET ({self.control_cfg.kind} controls) samples under one control at a time: "
                                   f"give one of {self.attributes} a weight, got {preference.as_dict()}")
-        previous, self.active_control = self.active_control, nonzero[0]
+        previous, self.active_control = self.active_control, active
         try:
             yield
         finally:
@@ -240,7 +246,8 @@ class MEET(CausalLMModule):
                                      self.active_control)
 
     def prediction_info(self) -> dict[str, Any]:
-        info = {"control": CONTROL_NAMES[self.active_control], "control_kind": self.control_cfg.kind}
+        mixed = isinstance(self.active_control, torch.Tensor)
+        info = {"control": "mix" if mixed else CONTROL_NAMES[self.active_control], "control_kind": self.control_cfg.kind}
         if self.control_cfg.kind != "lora":
             info["control_placement"] = self.control_cfg.placement
         if self.control_cfg.kind == "text":

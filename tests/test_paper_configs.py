@@ -29,9 +29,10 @@ def sample_data(config: dict) -> dict:
     data = json.loads(json.dumps(config["data"]))  # a deep copy
     args = data.setdefault("init_args", {})
     for source in args.get("sources", [data]):
-        source.setdefault("init_args", {}).update(data_files="sample", num_proc=1)
+        # a shipped sample is one split: validation (and predict) are held out of it where it has none
+        source.setdefault("init_args", {}).update(data_files="sample", num_proc=1, validation_fraction=0.1)
         if source["class_path"].endswith("HHRLHFDataModule"):
-            source["init_args"].update(data_dir=None, validation_fraction=0.1)  # the HH sample is one split
+            source["init_args"].update(data_dir="helpful-base")
     args.update(SMALL)
     return data
 

@@ -307,10 +307,13 @@ def generate_with_control(
     control: Control,
     prompt_ids: Sequence[Sequence[int]],
     settings: SamplingSettings,
-    control_id: int = GOOD,
+    control_id: int | torch.Tensor = GOOD,
 ) -> Samples:
-    """``zoo.sampling.sample`` under one control (inference uses θ_c^w). ``Samples.prompts`` are the
-    prompts without the control."""
+    """``zoo.sampling.sample`` under one control (inference uses θ_c^w), or — soft prompts only — under a mix
+    of both: ``control_id`` a weight per control, the soft prompt Σ_c w_c θ_c / Σ_c w_c. ``Samples.prompts``
+    are the prompts without the control."""
+    if isinstance(control_id, torch.Tensor) and control.settings.kind != "prompt":
+        raise ValueError(f"only soft-prompt controls mix; {control.settings.kind} controls take one control at a time")
     prompts = [tokenizer.decode(p) for p in prompt_ids]
     s = control.settings
     if s.kind == "lora":
@@ -333,11 +336,18 @@ def generate_with_control(
     return Samples.from_rollout(prompts, generate(model, tokenizer, rows, settings, prefill_hook=hook))
 
 
-def soft_prompt_prefill(model: nn.Module, control: Control, control_id: int, starts: Sequence[int]) -> PrefillHook:
-    """A ``zoo.rollout`` prefill hook: in prompt i (left-padded), the soft prompt of ``control_id`` replaces
-    the embeddings of the L placeholder positions from ``starts[i]`` on."""
+def soft_prompt_prefill(model: nn.Module, control: Control, control_id: int | torch.Tensor, starts: Sequence[int]
+                        ) -> PrefillHook:
+    """A ``zoo.rollout`` prefill hook: in prompt i (left-padded), the soft prompt of ``control_id`` (or the
+    weighted mix of both, for a weight tensor) replaces the embeddings of the L placeholder positions from
+    ``starts[i]`` on."""
     soft = control.soft_prompts
-    vector = soft(torch.tensor([control_id], device=soft.prompts.device))[0]
+    both = soft(torch.arange(len(CONTROL_NAMES), device=soft.prompts.device))  # [2, L, H]
+    if isinstance(control_id, torch.Tensor):
+        w = control_id.to(both.dtype).to(both.device)
+        vector = (w[:, None, None] * both).sum(0) / w.sum()
+    else:
+        vector = both[control_id]
 
     def hook(prompt_index: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         first = attention_mask.shape[1] - attention_mask.sum(1)  # left padding: the prompt's first column

@@ -161,3 +161,29 @@ def test_fit_then_predict_through_the_cli(tmp_cwd, method, kind):
         name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
         torch.testing.assert_close(dict(good.named_parameters())[name],
                                    state["state_dict"][key.replace("base_layer", "lora_A.good")])
+
+
+def test_soft_prompt_controls_mix_and_other_controls_refuse():
+    """{good: 0.25, bad: 0.75} samples under the soft prompt 0.25·θ_w + 0.75·θ_l: the same tokens as a model
+    whose good prompt is that mix, sampled under good alone; LoRA and text controls take one at a time."""
+    from zoo.preference import PreferenceError
+
+    module = meet("prompt", length=3)
+    module.configure_model()
+    with torch.no_grad():
+        module.soft_prompts.prompts.normal_()  # two clearly different prompts
+    prompts = module.encode_prompts(["say cat", "say dog", "say sun"])
+    with module.steer({"good": 0.25, "bad": 0.75}):
+        mixed = module.generate(prompts).token_ids
+    with module.steer({"good": 1.0}):
+        good = module.generate(prompts).token_ids
+    original = module.soft_prompts.prompts.detach().clone()
+    with torch.no_grad():
+        module.soft_prompts.prompts[GOOD] = 0.25 * original[GOOD] + 0.75 * original[BAD]
+    with module.steer({"good": 1.0}):
+        by_hand = module.generate(prompts).token_ids
+    assert mixed == by_hand and mixed != good
+    lora = meet("lora")
+    with pytest.raises(PreferenceError, match="one control at a time"):
+        with lora.steer({"good": 0.5, "bad": 0.5}):
+            pass
