@@ -103,7 +103,7 @@ class FeedbackSettings:
 
 @dataclasses.dataclass
 class ConditionSettings:
-    format: ConditionFormat = "feedback_input"
+    format: ConditionFormat | None = None  # None: "input" for reward quantiles (§3.2), else "feedback_input"
     placement: Literal["before", "between"] = "before"  # the prefix before the prompt, or between it and y
     texts: dict[str, str] | None = None  # feedback -> the text conditioned on (SteerLM's linearised attributes)
 
@@ -147,6 +147,8 @@ class ALT(OnlineModule):
         self.condition: ConditionSettings = as_dataclass(ConditionSettings, condition)
         self.evaluation: EvalSettings = as_dataclass(EvalSettings, evaluation)
         fb, cond = self.feedback_cfg, self.condition
+        if cond.format is None:
+            cond.format = "input" if fb.kind == "reward_quantiles" else "feedback_input"
         if fb.kind not in ("reward_quantiles", "llm_categories", "llm_critique"):
             raise ValueError(f"model.feedback.kind must be reward_quantiles, llm_categories or llm_critique, got {fb.kind!r}")
         if cond.format not in CONDITION_FORMATS or cond.placement not in ("before", "between"):
