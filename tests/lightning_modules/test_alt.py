@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -294,3 +295,45 @@ def test_predict_steers_by_feedback(straight, tmp_path):
     assert {r["conditioning"] for r in rows["Horrible"]} == {"Horrible. input: "}
     assert [r["steer"] for r in rows["Horrible"]][0] == {label: float(label == "Horrible")
                                                          for label in QUANTILE_LABELS["summary"]}
+
+
+def test_serve_steers_by_feedback_and_refuses_a_mix():
+    import openai
+
+    from zoo.serve import ServeSettings, create_app, serve_in_thread
+
+    module = alt(sampling={"max_new_tokens": 8, "temperature": 0.0}).eval()
+    with torch.no_grad():  # a random model: make the feedback matter for greedy replies
+        module.model.get_input_embeddings().weight.mul_(4.0)
+    with serve_in_thread(create_app(module, ServeSettings(model_name="alt"))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="EMPTY")
+        card = client.models.list().data[0]
+        assert card.model_extra.get("attributes") == list(QUANTILE_LABELS["summary"])
+        replies = {}
+        for label in ("Excellent", "Horrible"):
+            reply = client.chat.completions.create(model="alt", messages=PROMPT, max_tokens=8, temperature=0,
+                                                   extra_body={"steer": {label: 1}})
+            ids = module.encode_prompts([PROMPT])
+            want = module.conditioned_samples(ids, [label], dataclasses.replace(module.sampling, max_new_tokens=8))
+            assert reply.choices[0].message.content == want.texts[0]  # the reply under that feedback
+            replies[label] = want.texts[0]
+        assert replies["Excellent"] != replies["Horrible"]
+        with pytest.raises(openai.BadRequestError, match="one feedback at a time"):
+            client.chat.completions.create(model="alt", messages=PROMPT, max_tokens=4,
+                                           extra_body={"steer": {"Excellent": 1, "Horrible": 1}})
+
+
+def test_steering_sweep_runs_between_best_and_worst_feedback(tmp_path):
+    from types import SimpleNamespace
+
+    from callbacks.steering import SteeringSweep
+
+    module = alt(sampling={"max_new_tokens": 6, "temperature": 0.0}).eval()
+    prompt_ids = module.encode_prompts([PROMPT, [{"role": "user", "content": "Hi?"}]])
+    loader = SimpleNamespace(dataset={"prompt_ids": prompt_ids})
+    trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
+                              datamodule=SimpleNamespace(loader=lambda split: loader))
+    sweep = SteeringSweep(scorers=["sentiment"], between=["Excellent", "Horrible"], points=3)
+    sweep.on_fit_end(trainer, module)
+    assert [p.as_dict() for p in sweep.result.grid][0]["Excellent"] == 1.0 and len(sweep.result.grid) == 2
+    assert (tmp_path / "steering" / "sweep.png").stat().st_size > 0
