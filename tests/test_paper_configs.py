@@ -56,9 +56,11 @@ def alt_offline(config: dict, tmp: Path):
     run = ["--model.init_args.scorers", "[sentiment]", "--model.init_args.objective", "{sentiment: 1.0}",
            "--model.init_args.prompts_per_round", "3", "--model.init_args.samples_per_prompt", "4",
            "--model.init_args.round_sampling.max_new_tokens", "6", "--model.init_args.eval_sampling.max_new_tokens", "6",
-           "--model.init_args.eval_sampling.n", "2", "--model.init_args.evaluation.fluency_model", "null",
-           "--model.init_args.evaluation.toxicity", "null" if args.get("evaluation", {}).get("toxicity") is None
-           else "sentiment"]
+           "--model.init_args.eval_sampling.n", "2"]
+    evaluation = dict(args.get("evaluation") or {})
+    if evaluation:  # no hub fluency model; VADER stands in for the toxicity scorer
+        evaluation.update(fluency_model=None, toxicity="sentiment" if evaluation.get("toxicity") else None)
+        run += ["--model.init_args.evaluation", json.dumps(evaluation)]
     if args.get("records_per_round"):
         run += ["--model.init_args.records_per_round", "8"]
     judge = args.get("feedback", {}).get("judge")
