@@ -56,7 +56,7 @@ def alt_offline(config: dict, tmp: Path):
     run = ["--model.init_args.scorers", "[sentiment]", "--model.init_args.objective", "{sentiment: 1.0}",
            "--model.init_args.prompts_per_round", "3", "--model.init_args.samples_per_prompt", "4",
            "--model.init_args.round_sampling.max_new_tokens", "6", "--model.init_args.eval_sampling.max_new_tokens", "6",
-           "--model.init_args.eval_sampling.n", "2"]
+           "--model.init_args.eval_sampling.n", "2" if args["eval_sampling"].get("temperature", 1.0) > 0 else "1"]
     evaluation = dict(args.get("evaluation") or {})
     if evaluation:  # no hub fluency model; VADER stands in for the toxicity scorer
         evaluation.update(fluency_model=None, toxicity="sentiment" if evaluation.get("toxicity") else None)
