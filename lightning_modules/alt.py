@@ -26,7 +26,8 @@ The reference p_0 sees the prompt *without* feedback: the same rows with no pref
 positions align one to one. β = 0 builds no reference at all; with LoRA it is the adapter-disabled base, else a
 frozen copy of the initial weights taken before any checkpoint is restored.
 
-Conditioning (``condition``; ``zoo.feedback.CONDITION_FORMATS``): the feedback is written as a prefix text
+Conditioning (``condition``; ``zoo.feedback.CONDITION_FORMATS``; default ``input`` for reward quantiles, else
+``feedback_input``): the feedback is written as a prefix text
 (``separator``: "Lowest Toxicity<|separator|>", a new token; ``input``: "Excellent. input: "; ``feedback_input``:
 "feedback: … input: "; ``token``: each label a new token, Quark) tokenized on its own and spliced in before the
 prompt's tokens (after a BOS the tokenizer adds; ``placement: between``: after the prompt). ``condition.texts``
