@@ -64,6 +64,21 @@ class LastCheckpoint(RunCheckpoint):
     stale weights and a resume would redo four steps. This one writes the final state too.
     """
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning skips the epoch-end save when the epoch's last batch was just saved (same global step). That
+        # batch's checkpoint precedes the epoch's validation and its end: resumed from it, Lightning restarts the
+        # finished epoch with no batch left and carries its batch count into the next epoch, which then stops
+        # early when it holds more batches (an online method's growing pool). The epoch-end state replaces it.
+        self._saved_last_now = False
+        super().on_train_epoch_end(trainer, pl_module)
+        if (self.save_last and not self._saved_last_now and self._should_save_on_train_epoch_end(trainer)
+                and not trainer.fast_dev_run and not trainer.sanity_checking):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._saved_last_now = True
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

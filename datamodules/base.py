@@ -456,7 +456,13 @@ class RecordDataModule(L.LightningDataModule):
         state = self._resume
         if state is None:
             return
-        for key, value in self._order_facts().items():
+        facts = self._order_facts()
+        epoch = self.trainer.current_epoch if self.trainer is not None else state["epoch"]
+        if self._builder().rounds is not None and epoch != state["epoch"]:
+            # an online method's later round may hold more examples (a pool that accumulates); the saved
+            # position only skips batches within its own epoch, so this round's size does not matter
+            facts.pop("num_examples")
+        for key, value in facts.items():
             if state.get(key) != value:
                 raise ValueError(
                     f"cannot resume the data order: the checkpoint's train data had {key}={state.get(key)}, "

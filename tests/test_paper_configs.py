@@ -6,8 +6,11 @@ LoRA, controls, phases, templates, tokenization, sampling, callbacks, data optio
 
 What cannot run here, and why: the paper-scale models and the hub datasets themselves (no hub access; the
 tiny model and the shipped samples stand in), and multi-GPU strategies (``configs/trainer/*`` are tested in
-``tests/multiproc``)."""
+``tests/multiproc``). ALT's set-ups also name hub scorers (a toxicity classifier, a reward model directory, a
+fluency LM), replaced by VADER sentiment, and an LLM judge (OpenAI), replaced by a scripted OpenAI-compatible
+endpoint on 127.0.0.1 that answers every category or critique prompt in the paper's format."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -54,6 +57,46 @@ def sample_data(config: dict) -> dict:
 
 def test_every_paper_config_is_covered():
     assert len(PAPER) >= 11 and {"cmpo_helpsteer_oasst", "steerlm_acm", "meet_hh_prompt"} <= set(PAPER)
+    assert {"alt_toxicity", "alt_tldr", "alt_hh", "alt_lmu_tldr", "quark_tldr", "steerlm_hh"} <= set(PAPER)
+
+
+@contextlib.contextmanager
+def alt_offline(config: dict, tmp: Path):
+    """CLI overrides that let an ALT paper set-up run offline and small: VADER for hub scorers, a scripted judge."""
+    from fastapi import FastAPI, Request
+
+    from zoo.serve import serve_in_thread
+
+    args = config["model"]["init_args"]
+    run = ["--model.init_args.scorers", "[sentiment]", "--model.init_args.objective", "{sentiment: 1.0}",
+           "--model.init_args.prompts_per_round", "3", "--model.init_args.samples_per_prompt", "4",
+           "--model.init_args.round_sampling.max_new_tokens", "6", "--model.init_args.eval_sampling.max_new_tokens", "6",
+           "--model.init_args.eval_sampling.n", "2" if args["eval_sampling"].get("temperature", 1.0) > 0 else "1"]
+    evaluation = dict(args.get("evaluation") or {})
+    if evaluation:  # no hub fluency model; VADER stands in for the toxicity scorer
+        evaluation.update(fluency_model=None, toxicity="sentiment" if evaluation.get("toxicity") else None)
+        run += ["--model.init_args.evaluation", json.dumps(evaluation)]
+    if args.get("records_per_round"):
+        run += ["--model.init_args.records_per_round", "8"]
+    judge = args.get("feedback", {}).get("judge")
+    if judge is None:
+        yield run
+        return
+    app, turn = FastAPI(), {"k": 0}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict:
+        text = (await request.json())["messages"][-1]["content"]
+        turn["k"] += 1
+        if text.rstrip().endswith("Feedback:"):  # Fig. 19: one of the four categories, in turn
+            reply = ["Harmless and very helpful", "Harmless and helpful", "Harmless and not helpful", "Harmful"][turn["k"] % 4]
+        else:  # Fig. 20
+            reply = f"Analysis: fine.\nFeedback: Accurate but short ({turn['k'] % 4}).\nScore: {turn['k'] % 4}."
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": judge["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}
+
+    with serve_in_thread(app) as url:
+        yield [*run, "--model.init_args.feedback.judge", json.dumps({**judge, "base_url": url + "/v1"})]
 
 
 @pytest.mark.slow
@@ -68,6 +111,21 @@ def test_paper_config_runs(tmp_cwd, name):
            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.default_root_dir", str(root),
            "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1"]
     cls = config["model"]["class_path"]
+    with contextlib.ExitStack() as stack:
+        if cls.endswith(".ALT"):  # two iterations, so sampling under the exemplar runs too
+            run += stack.enter_context(alt_offline(config, tmp_cwd))
+            run += ["--trainer.max_steps", "-1", "--trainer.max_epochs", "2", "--model.init_args.epochs_per_round", "1",
+                    "--trainer.check_val_every_n_epoch", "1"]
+            main(["fit", *run])
+            state = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+            assert [r["index"] for r in state["online"]["pool"]["rounds"]][-1] == 1
+            labels = config["model"]["init_args"]["feedback"].get("labels")
+            steer = ["--steer", json.dumps({labels[-1]: 1.0})] if labels else []
+            main(["predict", *run, *steer, "--ckpt_path", str(root / "checkpoints" / "last.ckpt")])
+            (out,) = (root / "predictions").glob("predict-*.jsonl")
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+            assert 1 <= len(rows) <= 2 and all(r["feedback"] == (labels[-1] if labels else r["feedback"]) for r in rows)
+            return
     if cls.endswith("MEET"):
         # one epoch per MEET step (2 batches each), so fit crosses the phase switch; CoH has no step 1
         first = "0" if name.endswith("coh") else "1"

@@ -14,6 +14,11 @@ one row ``prompt | completion_0 | completion_1 | ...`` per example, positions of
 after the prompt, and a 4-D mask in which every completion sees the prompt and its own earlier tokens only.
 The log-probs are those of the separate rows (same positions, same visible context); the trunk processes
 ``P + ΣC`` tokens instead of ``C·(P + max C)``. See ``packed_rows``.
+
+An example may carry a ``prefix`` string: text a method splices in before the prompt at the token level (a
+control code, textual feedback). It is tokenized on its own (no special tokens) into ``prefix_ids``, counted
+in the length budget, and never truncated; the collator hands it over as ``prefix_ids`` [B, L] (right-padded)
+and ``prefix_lengths`` [B], beside the rows without it, so a method has both x → y and (prefix, x) → y.
 """
 
 from __future__ import annotations
@@ -68,9 +73,11 @@ class TokenizeSettings:
 
 
 def _tokenize_one(
-    prompt: Sequence[dict], completions: Sequence[str], tok: PreTrainedTokenizerBase, s: TokenizeSettings
+    prompt: Sequence[dict], completions: Sequence[str], tok: PreTrainedTokenizerBase, s: TokenizeSettings,
+    reserved: int = 0,
 ) -> tuple[list[int], list[list[int]], str]:
-    """(prompt ids, completion ids, status) where status is 'ok', 'truncated' or 'dropped'."""
+    """(prompt ids, completion ids, status) where status is 'ok', 'truncated' or 'dropped'; ``reserved``
+    tokens of ``max_length`` belong to a prefix spliced in later."""
     # a chat template writes its own BOS if the model wants one; other formats let the tokenizer add it
     add_special = s.prompt_format != "chat"
     prompt_ids = tok(render_prompt(prompt, tok, s.prompt_format), add_special_tokens=add_special)["input_ids"]
@@ -86,13 +93,14 @@ def _tokenize_one(
             return prompt_ids, comp_ids, "dropped"
         prompt_ids, status = prompt_ids[-s.max_prompt_length :], "truncated"
     longest = max((len(c) for c in comp_ids), default=0)
-    if len(prompt_ids) + longest > s.max_length:
-        if s.length_policy == "drop":
+    limit = s.max_length - reserved
+    if len(prompt_ids) + longest > limit:
+        if s.length_policy == "drop" or limit < 2:
             return prompt_ids, comp_ids, "dropped"
         status = "truncated"
-        room = s.max_length - len(prompt_ids)
+        room = limit - len(prompt_ids)
         if room < 1:  # keep the end of the prompt (the latest turn) and at least one completion token
-            prompt_ids = prompt_ids[-(s.max_length - 1) :]
+            prompt_ids = prompt_ids[-(limit - 1) :]
             room = 1
         comp_ids = [c[:room] for c in comp_ids]
     return prompt_ids, comp_ids, status
@@ -101,11 +109,15 @@ def _tokenize_one(
 def tokenize_examples(
     batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, settings: TokenizeSettings, code: str = ""
 ):
-    """``datasets.map(batched=True)`` function: adds ``prompt_ids``, ``completion_ids``, ``length_status``.
-    (``code`` only feeds the datasets cache fingerprint.)"""
+    """``datasets.map(batched=True)`` function: adds ``prompt_ids``, ``completion_ids``, ``length_status`` (and
+    ``prefix_ids`` where examples carry a ``prefix``). (``code`` only feeds the datasets cache fingerprint.)"""
     out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "length_status": []}
-    for prompt, completions in zip(batch["prompt"], batch["completions"]):
-        p, c, status = _tokenize_one(prompt, completions, tokenizer, settings)
+    prefixes = batch.get("prefix")
+    if prefixes is not None:
+        out["prefix_ids"] = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
+    for j, (prompt, completions) in enumerate(zip(batch["prompt"], batch["completions"])):
+        reserved = len(out["prefix_ids"][j]) if prefixes is not None else 0
+        p, c, status = _tokenize_one(prompt, completions, tokenizer, settings, reserved)
         out["prompt_ids"].append(p)
         out["completion_ids"].append(c)
         out["length_status"].append(status)
@@ -116,7 +128,8 @@ def tokenize_examples(
 class PadCollator:
     """Pads tokenized examples into ``input_ids``, ``attention_mask``, ``labels`` of shape ``[C*B, T]``.
 
-    Numeric extras (``idx``, scores, weights...) become tensors of shape ``[B, ...]``.
+    Numeric extras (``idx``, scores, weights...) become tensors of shape ``[B, ...]``; ``prefix_ids`` become
+    ``prefix_ids`` [B, L] (right-padded) and ``prefix_lengths`` [B].
     """
 
     pad_token_id: int
@@ -146,11 +159,16 @@ class PadCollator:
             attention_mask[i, :n] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **self._extras(examples)}
 
-    @staticmethod
-    def _extras(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _extras(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         extras = {}
+        if "prefix_ids" in examples[0]:
+            lengths = [len(e["prefix_ids"]) for e in examples]
+            prefix = torch.full((len(examples), max(lengths)), self.pad_token_id, dtype=torch.long)
+            for i, e in enumerate(examples):
+                prefix[i, : lengths[i]] = torch.tensor(e["prefix_ids"], dtype=torch.long)
+            extras["prefix_ids"], extras["prefix_lengths"] = prefix, torch.tensor(lengths)
         for key, value in examples[0].items():
-            if key in ("prompt_ids", "completion_ids", "prompt", "completions", "length_status"):
+            if key in ("prompt_ids", "completion_ids", "prompt", "completions", "length_status", "prefix", "prefix_ids"):
                 continue
             if isinstance(value, (int, float, bool)) or (
                 isinstance(value, list) and value and isinstance(value[0], (int, float))

@@ -47,6 +47,42 @@ def token_logprobs(
     return torch.cat(parts)
 
 
+def token_terms(
+    hidden: torch.Tensor,
+    head: nn.Module | Callable[..., torch.Tensor],
+    targets: torch.Tensor,
+    terms: Callable[..., tuple[torch.Tensor, ...]],
+    chunk_size: int = 1024,
+    ref_hidden: torch.Tensor | None = None,
+    ref_head: nn.Module | Callable[..., torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Per-token quantities that need the whole vocabulary (a KL to a reference, an entropy), chunk by chunk:
+    ``terms(logits [c, V], targets [c], ref_logits [c, V] or None)`` -> tensors [c], for rows of ``hidden``
+    [M, H] (completion positions only) and, when given, the reference's hidden states ``ref_hidden`` [M, H] at
+    the same positions through ``ref_head``. Only one chunk's logits exist at a time; in backward each chunk is
+    recomputed rather than stored, the reference's logits too (they carry no gradient)."""
+    if hidden.shape[0] == 0:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return terms(empty.new_zeros(0, 1), targets, None if ref_hidden is None else empty.new_zeros(0, 1))
+    if ref_hidden is not None and ref_hidden.shape[0] != hidden.shape[0]:
+        raise ValueError(f"token_terms: {hidden.shape[0]} policy positions but {ref_hidden.shape[0]} reference ones")
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+
+    def chunk_terms(h: torch.Tensor, t: torch.Tensor, rh: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        ref_logits = None
+        if rh is not None:
+            with torch.no_grad():
+                ref_logits = ref_head(rh)
+        return terms(head(h), t, ref_logits)
+
+    parts = []
+    for i in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[i : i + chunk_size], targets[i : i + chunk_size]
+        rh = ref_hidden[i : i + chunk_size].detach() if ref_hidden is not None else None
+        parts.append(checkpoint(chunk_terms, h, t, rh, use_reentrant=False) if recompute else chunk_terms(h, t, rh))
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
 def final_hidden(
     model: nn.Module,
     input_ids: torch.Tensor,

@@ -82,3 +82,38 @@ def regression_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.T
         return err.mean()
     mask = mask.to(err.dtype)
     return (err * mask).sum() / mask.sum().clamp(min=1)
+
+
+def conditional_sft_terms(
+    logits: torch.Tensor, targets: torch.Tensor, ref_logits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token terms of feedback-conditioned SFT (Abadal Lloret et al. 2024, Eq. 1), at completion positions.
+
+    ``logits`` [M, V] are the policy's at each position, conditioned on the feedback: p_θ(· | f, x, y_<t);
+    ``ref_logits`` [M, V] the reference's at the same positions, which sees the prompt *without* feedback:
+    p_0(· | x, y_<t). For each position t, over the vocabulary v (fp32):
+
+        nll_t = −log p_θ(y_t | f, x, y_<t)
+        kl_t  = Σ_v p_0(v | x, y_<t) [log p_0(v | x, y_<t) − log p_θ(v | f, x, y_<t)]    KL(p_0 ‖ p_θ)
+        H_t   = −Σ_v p_θ(v | f, x, y_<t) log p_θ(v | f, x, y_<t)
+
+    Returns (nll, kl, H), each [M]; kl is zero without ``ref_logits``."""
+    logp = logits.float().log_softmax(-1)
+    nll = -logp.gather(-1, targets[:, None]).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    if ref_logits is None:
+        return nll, torch.zeros_like(nll), entropy
+    ref_logp = ref_logits.float().log_softmax(-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    return nll, kl, entropy
+
+
+def conditional_sft_loss(
+    nll: torch.Tensor, kl: torch.Tensor, entropy: torch.Tensor, beta: float, alpha: float
+) -> torch.Tensor:
+    """Eq. 1 of Abadal Lloret et al. 2024, L = L_NLL + β L_ref + α L_H with L_H = −H, from the per-token terms of
+    ``conditional_sft_terms`` over the batch's M completion tokens, as a token mean (the paper writes
+    expectations over (x, y, f); its code averages the per-token sum under the completion mask, as we do):
+
+        L = (1/M) Σ_t [ nll_t + β kl_t − α H_t ]"""
+    return (nll + beta * kl - alpha * entropy).mean() if nll.numel() else nll.sum()

@@ -181,8 +181,43 @@ class ScoredResponse(Record):
         }
 
 
+@dataclass(frozen=True)
+class FeedbackResponse(Record):
+    """(x, y, f): a response and the textual feedback it received, what conditional fine-tuning on feedback
+    trains on (log p(y | f, x); Abadal Lloret et al. 2024). ``feedback`` is the text itself (a quantile word, a
+    category, a critique sentence); ``scores`` optionally keep the numbers it came from (a reward, a judge's
+    score), each on its declared scale; ``truncated``: the response hit the length cap (finish reason
+    ``length``), so rejection sampling can prefer complete ones."""
+
+    kind: ClassVar[str] = "feedback"
+    response: str = ""
+    feedback: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    scales: dict[str, tuple[float, float]] = field(default_factory=dict)
+    truncated: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _text(self.response, "response")
+        _text(self.feedback, "feedback")
+        if not isinstance(self.truncated, bool):
+            raise RecordError(f"expected true or false, got {self.truncated!r}", field="truncated")
+        scales = {}
+        for attr, scale in (self.scales or {}).items():
+            if not (isinstance(scale, Sequence) and len(scale) == 2 and scale[0] < scale[1]):
+                raise RecordError(f"scale must be (low, high) with low < high, got {scale!r}", field=f"scales.{attr}")
+            scales[attr] = (float(scale[0]), float(scale[1]))
+        object.__setattr__(self, "scales", scales)
+        object.__setattr__(self, "scores", _scores(self.scores, scales, "scores") if self.scores else {})
+
+    def to_row(self) -> dict[str, Any]:
+        row = super().to_row()
+        row["scales"] = {k: list(v) for k, v in self.scales.items()}
+        return row
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.kind: cls for cls in (PromptRecord, Demonstration, PreferencePair, ScoredResponse)
+    cls.kind: cls for cls in (PromptRecord, Demonstration, PreferencePair, ScoredResponse, FeedbackResponse)
 }
 
 

@@ -1,8 +1,9 @@
 """The online loop's memory: what each round sampled and how it scored.
 
 Online methods (rejection sampling, learning from textual feedback, direction-conditioned fine-tuning) repeat *round = sample → score → build data →
-train*. A ``RoundPool`` keeps every round's samples as ``ScoredResponse`` records together with the round
-index and the policy version (global step) that produced them. It is part of every checkpoint (so a run killed
+train*. A ``RoundPool`` keeps every round's samples as records (``ScoredResponse``, or ``FeedbackResponse`` where a
+round's samples got textual feedback) together with the round index and the policy version (global step) that
+produced them. It is part of every checkpoint (so a run killed
 while sampling or training continues as if uninterrupted) and is also written as JSON Lines per round
 (``zoo.records.write_records``: ``datamodules.records_file.RecordsFileDataModule`` reads them back) for
 inspection.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.records import ScoredResponse, write_records
+from zoo.records import RECORD_TYPES, Record, ScoredResponse, write_records
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -29,14 +30,15 @@ def round_seed(seed: int, round_index: int) -> int:
 
 @dataclass
 class Round:
-    """One round: every sample (prompt-major: ``n`` per prompt) and the step of the policy that sampled it."""
+    """One round: every sample (prompt-major: ``n`` per prompt) and the step of the policy that sampled it.
+    Samples are ``ScoredResponse`` records unless a method keeps another kind (all of one kind per round)."""
 
     index: int
     policy_step: int
     n: int
-    samples: list[ScoredResponse] = field(default_factory=list)
+    samples: list[Record] = field(default_factory=list)
 
-    def for_prompt(self, i: int) -> list[ScoredResponse]:
+    def for_prompt(self, i: int) -> list[Record]:
         return self.samples[i * self.n : (i + 1) * self.n]
 
     @property
@@ -44,13 +46,14 @@ class Round:
         return len(self.samples) // self.n
 
     def state(self) -> dict[str, Any]:
-        return {"index": self.index, "policy_step": self.policy_step, "n": self.n,
+        kind = self.samples[0].kind if self.samples else ScoredResponse.kind
+        return {"index": self.index, "policy_step": self.policy_step, "n": self.n, "kind": kind,
                 "samples": [s.to_row() for s in self.samples]}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Round:
-        return cls(state["index"], state["policy_step"], state["n"],
-                   [ScoredResponse.from_row(row) for row in state["samples"]])
+        record = RECORD_TYPES[state.get("kind", ScoredResponse.kind)]
+        return cls(state["index"], state["policy_step"], state["n"], [record.from_row(row) for row in state["samples"]])
 
 
 class RoundPool:
@@ -67,6 +70,11 @@ class RoundPool:
 
     def add(self, rnd: Round) -> None:
         self.rounds[rnd.index] = rnd
+
+    def drop(self, index: int) -> None:
+        """Forget round ``index`` (a method that trains on the newest round only keeps checkpoints small; the
+        round's JSONL file stays)."""
+        self.rounds.pop(index, None)
 
     def write_jsonl(self, directory: str | Path, index: int) -> Path:
         """Round ``index`` as ``round-<index>.jsonl`` (one scored record per line)."""
