@@ -44,7 +44,7 @@ def _write_apm_labelled(root: Path) -> None:
     scales = {"helpfulness": (0, 4), "verbosity": (0, 4)}
     for split in ("train", "validation"):
         records = [ScoredResponse(prompt=f"Question {i} of {split}?", response=f"Answer {j} " * (j + 1),
-                                  scores={"helpfulness": float((i + j) % 5), "verbosity": float(j * 2)},
+                                  scores={"helpfulness": float((i - j) % 5), "verbosity": float(j * 2)},  # longer, less helpful: a trade-off
                                   scales=scales) for i in range(4) for j in range(2)]
         write_records(str(root / "runs" / "paper" / "apm_labelled" / f"{split}.jsonl"), records)
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.behaviour  # not yet run to the end on 2 cores (docs/methods/alt.md): CI leaves it out until it is
 def test_alt_best_feedback_beats_iteration_0_and_worst_feedback(tmp_path):
     spec = importlib.util.spec_from_file_location("alt_behaviour", ROOT / "scripts" / "alt_behaviour.py")
     behaviour = importlib.util.module_from_spec(spec)
