@@ -44,7 +44,7 @@ def _write_apm_labelled(root: Path) -> None:
     scales = {"helpfulness": (0, 4), "verbosity": (0, 4)}
     for split in ("train", "validation"):
         records = [ScoredResponse(prompt=f"Question {i} of {split}?", response=f"Answer {j} " * (j + 1),
-                                  scores={"helpfulness": float((i - j) % 5), "verbosity": float(j * 2)},  # longer, less helpful: a trade-off
+                                  scores={"helpfulness": float((i + j) % 5), "verbosity": float(j * 2)},
                                   scales=scales) for i in range(4) for j in range(2)]
         write_records(str(root / "runs" / "paper" / "apm_labelled" / f"{split}.jsonl"), records)
 
@@ -63,7 +63,8 @@ def test_data_config_runs_with_a_method(tmp_cwd, name):
             "--config", str(ROOT / "configs" / "data" / f"{name}.yaml"), *TINY, *extra,
             "--trainer.default_root_dir", str(tmp_cwd)]
     if method == "cmpo":
-        args += ["--trainer.callbacks", "[]"]  # no steering sweep for a validate run
+        args += ["--trainer.callbacks", "[]",  # no steering sweep for a validate run
+                 "--model.init_args.tradeoffs_only", "false"]  # the demo's pair filter: a few sample rows trade off nothing
     if subcommand == "predict":
         out = tmp_cwd / "preds.jsonl"
         args += ["--trainer.callbacks", "[{class_path: callbacks.artifacts.JsonlPredictionWriter, "
