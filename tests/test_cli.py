@@ -36,7 +36,8 @@ def test_fit_writes_every_output_under_its_root(tmp_cwd, method):
     root = tmp_cwd / "elsewhere"
     cli(method, "fit", root, "--trainer.max_steps", "2")
     assert not (tmp_cwd / "runs").exists() and not (tmp_cwd / "outputs").exists()
-    hf = root / "csv" / "version_0" / "hf"
+    # the reward model's config writes a fixed <root>/hf (configs/meet.yaml's judge reads it); the others <log_dir>/hf
+    hf = root / "hf" if method == "reward_model" else root / "csv" / "version_0" / "hf"
     assert (hf / "config.json").exists() and (hf / "tokenizer_config.json").exists()
     assert (root / "csv" / "version_0" / "metrics.csv").exists() and list((root / "tb").rglob("events.*"))
     assert (root / "data_reports" / "counts.json").exists()

@@ -70,9 +70,12 @@ def test_evaluating_a_trained_checkpoint_uses_the_initial_weights_as_reference(t
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_cmpo_test_split_reference_is_the_initial_single_head_model(tmp_cwd, lora):
-    """Fully trained: the initial weights are reloaded; LoRA (the config's): the adapter-disabled base."""
-    (tmp_cwd / "no_lora.yaml").write_text("model:\n  init_args:\n    backbone:\n      lora: null\n")
-    extra = ["--data.init_args.batch_size", "2"] + ([] if lora else ["--config", str(tmp_cwd / "no_lora.yaml")])
+    """Fully trained: the initial weights are reloaded; under LoRA: the adapter-disabled base."""
+    lora_cfg = "{r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}" if lora else "null"
+    (tmp_cwd / "lora.yaml").write_text(f"model:\n  init_args:\n    backbone:\n      lora: {lora_cfg}\n")
+    # the trunk trains, reference cached (the heads-only demo takes it live from the same frozen trunk pass)
+    extra = ["--data.init_args.batch_size", "2", "--model.init_args.train_trunk", "true",
+             "--model.init_args.tradeoffs_only", "false", "--model.init_args.reference", "cached", "--config", str(tmp_cwd / "lora.yaml")]
     run("cmpo", "fit", tmp_cwd / "run", *extra)
     cli = run("cmpo", "build", tmp_cwd / "eval", *extra)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(tmp_cwd / "run" / "checkpoints" / "last.ckpt"),

@@ -401,7 +401,7 @@ def test_script_plans_cmpo_and_meet_configs(capsys):
     tiny = ["--model.init_args.backbone.name_or_path", "builtin:tiny"]
     assert script.main(["--config", str(ROOT / "configs/cmpo.yaml"), *tiny]) == 0
     out = capsys.readouterr().out
-    assert "CMPO on builtin:tiny, batch 4 (8 rows) x 256 tokens" in out
+    assert "CMPO on builtin:tiny, batch 4 (8 rows) x 192 tokens" in out  # the config's max_length
     assert "of which the method's own" in out and "33,280" in out  # two copies of the 260 x 64 head
     assert script.main(["--config", str(ROOT / "configs/meet.yaml"), *tiny]) == 0
     out = capsys.readouterr().out
