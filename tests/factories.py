@@ -132,6 +132,28 @@ class KillAt(L.Callback):
             raise Killed(f"killed at step {self.step}")
 
 
+def kill_online_run(cli: Any, *, during: str, step: int, ckpt_path: str | None = None) -> None:
+    """Fit an online method's built CLI until it dies: while sampling round 1 (``during="sampling"``), or at the
+    start of training step ``step`` (``during="training"``); the checkpoints written before stay, as after a
+    SIGKILL."""
+    import pytest
+
+    module = cli.model
+    if during == "sampling":
+        real = module.sample_round
+
+        def sample_round(r, records):
+            if r == 1:
+                raise Killed("killed while sampling round 1")
+            return real(r, records)
+
+        module.sample_round = sample_round
+    else:
+        cli.trainer.callbacks.append(KillAt(step=step))
+    with pytest.raises(Killed):
+        cli.trainer.fit(module, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+
+
 def steered_cmpo(max_new_tokens: int = 12, noise: float = 0.5, seed: int = 1, max_prompt_length: int = 256,
                  backbone: str = "builtin:tiny") -> Any:
     """A CMPO (attributes verbosity, sentiment; the tiny model by default) built and ready to generate, whose two

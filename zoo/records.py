@@ -73,6 +73,16 @@ def _conversation(value: Any, name: str) -> tuple[dict[str, str], ...]:
     return tuple(messages)
 
 
+def _scales(scales: Mapping[str, Any] | None) -> dict[str, tuple[float, float]]:
+    """Declared ``{attribute: (low, high)}`` scales, checked (low < high) and as float pairs."""
+    out = {}
+    for attr, scale in (scales or {}).items():
+        if not (isinstance(scale, Sequence) and len(scale) == 2 and scale[0] < scale[1]):
+            raise RecordError(f"scale must be (low, high) with low < high, got {scale!r}", field=f"scales.{attr}")
+        out[attr] = (float(scale[0]), float(scale[1]))
+    return out
+
+
 def _scores(value: Any, scales: Mapping[str, tuple[float, float]], name: str) -> dict[str, float]:
     if not isinstance(value, Mapping) or not value:
         raise RecordError("expected a non-empty mapping attribute -> score", field=name)
@@ -160,11 +170,7 @@ class ScoredResponse(Record):
     def __post_init__(self) -> None:
         super().__post_init__()
         _text(self.response, "response")
-        scales = {}
-        for attr, scale in (self.scales or {}).items():
-            if not (isinstance(scale, Sequence) and len(scale) == 2 and scale[0] < scale[1]):
-                raise RecordError(f"scale must be (low, high) with low < high, got {scale!r}", field=f"scales.{attr}")
-            scales[attr] = (float(scale[0]), float(scale[1]))
+        scales = _scales(self.scales)
         object.__setattr__(self, "scales", scales)
         object.__setattr__(self, "scores", _scores(self.scores, scales, "scores"))
 
@@ -202,11 +208,7 @@ class FeedbackResponse(Record):
         _text(self.feedback, "feedback")
         if not isinstance(self.truncated, bool):
             raise RecordError(f"expected true or false, got {self.truncated!r}", field="truncated")
-        scales = {}
-        for attr, scale in (self.scales or {}).items():
-            if not (isinstance(scale, Sequence) and len(scale) == 2 and scale[0] < scale[1]):
-                raise RecordError(f"scale must be (low, high) with low < high, got {scale!r}", field=f"scales.{attr}")
-            scales[attr] = (float(scale[0]), float(scale[1]))
+        scales = _scales(self.scales)
         object.__setattr__(self, "scales", scales)
         object.__setattr__(self, "scores", _scores(self.scores, scales, "scores") if self.scores else {})
 

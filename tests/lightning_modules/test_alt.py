@@ -23,7 +23,7 @@ import torch
 import lightning_modules.alt as alt_module
 from lightning_modules.alt import ALT
 from lightning_modules.cli import main
-from tests.factories import TINY_CLI, KillAt, Killed, tiny_kwargs
+from tests.factories import TINY_CLI, kill_online_run, tiny_kwargs
 from zoo.collate import tokenize_examples
 from zoo.feedback import QUANTILE_LABELS, SEPARATOR, quark_tokens
 from zoo.preference import PreferenceError
@@ -226,21 +226,7 @@ def state(root: Path) -> dict:
 
 
 def killed(root: Path, *, during: str) -> None:
-    cli = main(args(root), run=False)
-    module = cli.model
-    if during == "sampling":
-        real = module.sample_round
-
-        def sample_round(r, recs):
-            if r == 1:
-                raise Killed("killed while sampling round 1")
-            return real(r, recs)
-
-        module.sample_round = sample_round
-    else:
-        cli.trainer.callbacks.append(KillAt(step=5))  # round 1 trains steps 3-8
-    with pytest.raises(Killed):
-        cli.trainer.fit(module, datamodule=cli.datamodule)
+    kill_online_run(main(args(root), run=False), during=during, step=5)  # round 1 trains steps 3-8
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch
 
 from lightning_modules.cli import main
 from lightning_modules.rsf import RSF
-from tests.factories import TINY_CLI, Killed
+from tests.factories import TINY_CLI, kill_online_run
 from zoo.records import Demonstration, ScoredResponse
 from zoo.rounds import Round
 
@@ -91,24 +91,8 @@ def pool(root: Path) -> list[dict]:
 
 
 def killed(root: Path, ckpt_path: str | None, *, during: str) -> None:
-    """Kill while sampling round 1, or at the start of round 1's second training step."""
-    cli = main(args(root), run=False)
-    module = cli.model
-    if during == "sampling":
-        real = module.sample_round
-
-        def sample_round(r, records):
-            if r == 1:
-                raise Killed("killed while sampling round 1")
-            return real(r, records)
-
-        module.sample_round = sample_round
-    else:
-        from tests.factories import KillAt
-
-        cli.trainer.callbacks.append(KillAt(step=4))  # round 1 is steps 3-5
-    with pytest.raises(Killed):
-        cli.trainer.fit(module, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    """Kill while sampling round 1, or at the start of round 1's second training step (round 1 is steps 3-5)."""
+    kill_online_run(main(args(root), run=False), during=during, step=4, ckpt_path=ckpt_path)
 
 
 @pytest.fixture(scope="module")
