@@ -41,6 +41,7 @@ from zoo.rollout import generate
 from zoo.rounds import Round, RoundPool, checked_scores, objective, round_seed
 from zoo.sampling import Samples, SamplingSettings
 from zoo.scorers import Scorer, build_scorers, score_all
+from zoo.steering import bootstrap_interval
 
 
 class OnlineModule(CausalLMModule):
@@ -244,6 +245,28 @@ class OnlineModule(CausalLMModule):
     def on_validation_epoch_end(self) -> None:
         if self._eval_batch:
             self.eval_scores[int(self.global_step)] = list(self._eval_batch)
+
+    def held_out_change(self) -> dict[str, Any] | None:
+        """The held-out objective at the first and the last evaluation (per-prompt means) and the paired change
+        last − first with its 95% bootstrap interval over prompts; None before two evaluations."""
+        if len(self.eval_scores) < 2:
+            return None
+        first, last = min(self.eval_scores), max(self.eval_scores)
+        a, b = torch.tensor(self.eval_scores[first]), torch.tensor(self.eval_scores[last])
+        if len(a) != len(b):
+            return None  # a different held-out set (e.g. more validation rows after a resume): not paired
+        low, high = bootstrap_interval((b - a).numpy())
+        return {"first_step": first, "last_step": last, "first": a.mean().item(), "last": b.mean().item(),
+                "change": (b - a).mean().item(), "low": low, "high": high, "prompts": len(a)}
+
+    def on_fit_end(self) -> None:
+        change = self.held_out_change()
+        if change is not None and self.trainer.is_global_zero:
+            verdict = "beyond" if change["low"] > 0 or change["high"] < 0 else "within"
+            print(f"{type(self).__name__}: held-out objective {change['first']:.3f} (step {change['first_step']}) -> "
+                  f"{change['last']:.3f} (step {change['last_step']}) on {change['prompts']} prompts; change "
+                  f"{change['change']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}] (95% bootstrap, paired): "
+                  f"{verdict} noise")
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
