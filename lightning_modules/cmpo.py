@@ -61,6 +61,8 @@ class CMPO(DPO):
         train_heads: train the k heads (else only the trunk's LoRA/full weights train).
         train_trunk: train the trunk (its LoRA adapters, or all of it without LoRA); ``false``: heads only.
         tradeoffs_only: keep only response pairs that trade attributes off (``cmpo_pairs``).
+        min_margin: per attribute, the score difference at or below which two responses tie (``cmpo_pairs``),
+            e.g. ``{"sentiment": 0.2}``; default: every strict difference is a preference (the thesis).
         steer: inference weights by attribute name (``zoo.preference``), e.g. ``{"helpfulness": 0.7,
             "verbosity": 0.3}`` (missing attributes get 0); default: uniform. Predict mixes the heads with it.
         allow_negative_weights: accept negative steering weights (proxy-tuning-like offsets).
@@ -80,6 +82,7 @@ class CMPO(DPO):
         train_heads: bool = True,
         train_trunk: bool = True,
         tradeoffs_only: bool = False,
+        min_margin: dict[str, float] | None = None,
         allow_negative_weights: bool = False,
         beta: float = 0.5,
         label_smoothing: float = 0.1,
@@ -93,6 +96,11 @@ class CMPO(DPO):
         self.ratio_offset, self.head_init, self.head_rank = ratio_offset, head_init, head_rank
         self.train_heads, self.allow_negative_weights = train_heads, allow_negative_weights
         self.train_trunk, self.tradeoffs_only = train_trunk, tradeoffs_only
+        self.min_margin = {str(a): float(m) for a, m in (min_margin or {}).items()}
+        unknown = sorted(set(self.min_margin) - set(self.attributes))
+        if unknown or any(m < 0 for m in self.min_margin.values()):
+            raise ValueError(f"model.min_margin {min_margin!r}: keys must be among model.attributes {self.attributes}"
+                             f"{f' (unknown: {unknown})' if unknown else ''} and margins >= 0")
         if not train_heads and not train_trunk:
             raise ValueError("model.train_heads and model.train_trunk are both false: nothing would train")
         self.record_kind = data_kind
@@ -106,19 +114,21 @@ class CMPO(DPO):
         return {**super().method_hparams(), "attributes": self.attributes, "data_kind": self.data_kind,
                 "weighting": self.weighting, "ratio_offset": self.ratio_offset, "head_init": self.head_init,
                 "head_rank": self.head_rank, "train_heads": self.train_heads, "train_trunk": self.train_trunk,
-                "tradeoffs_only": self.tradeoffs_only, "allow_negative_weights": self.allow_negative_weights}
+                "tradeoffs_only": self.tradeoffs_only, "min_margin": self.min_margin,
+                "allow_negative_weights": self.allow_negative_weights}
 
     # ---- data: conditioned pairs ------------------------------------------------------------------
     @staticmethod
     def example_fn(records: Sequence[Record], attributes: Sequence[str] = (), weighting: Weighting = "power_set",
-                   ratio_offset: float = 0.25, tradeoffs_only: bool = False) -> Iterable[dict[str, Any]]:
-        for p in prompt_pairs(records, attributes, weighting, ratio_offset, tradeoffs_only):
+                   ratio_offset: float = 0.25, tradeoffs_only: bool = False,
+                   min_margin: dict[str, float] | None = None) -> Iterable[dict[str, Any]]:
+        for p in prompt_pairs(records, attributes, weighting, ratio_offset, tradeoffs_only, min_margin):
             yield {"prompt": list(records[0].prompt), "completions": [p.chosen, p.rejected],
                    "weights": list(p.weights), "condition": "+".join(p.condition)}
 
     def example_kwargs(self, split: str) -> dict[str, Any]:
         return {"attributes": self.attributes, "weighting": self.weighting, "ratio_offset": self.ratio_offset,
-                "tradeoffs_only": self.tradeoffs_only}
+                "tradeoffs_only": self.tradeoffs_only, "min_margin": self.min_margin}
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule

@@ -14,6 +14,10 @@ under which y ≻ y′ is valid. Per (prompt, S) the pair with the greatest net 
   normalised to [0, 1] by its declared scale. δ (``ratio_offset``) keeps a zero rating from dividing
   by zero (the thesis leaves this open); δ = 0 gives the printed ratio for 0-based scales.
 
+``min_margin`` (per attribute, default 0) makes a difference of at most that size a tie: with noisy scorers (VADER
+moves by a few hundredths between two near-identical replies) a tiny difference is not a preference, and training a
+head on it only adds noise (an option of ours; the thesis uses every strict difference of its integer ratings).
+
 ``tradeoffs_only`` keeps only the response pairs that trade attributes off (y beats y′ on some attribute and y′
 beats y on another). Those are the pairs that tell the heads apart: a pair on which one response wins everything
 trains every head of its conditions the same way (an option of ours, not the thesis's; the embedded demo uses it).
@@ -59,17 +63,22 @@ def conditioned_pairs(
     scales: dict[str, tuple[float, float]] | None = None,
     ratio_offset: float = 0.25,
     tradeoffs_only: bool = False,
+    min_margin: dict[str, float] | None = None,
 ) -> list[ConditionedPair]:
     """D_{≻;A;Λ} for one prompt's responses and their per-attribute scores (see the module docstring)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown CMPO weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    floor = {a: float((min_margin or {}).get(a, 0.0)) for a in attributes}
+
+    def beats(x: dict[str, float], y: dict[str, float], a: str) -> bool:
+        return x[a] - y[a] > floor[a]
     best: dict[tuple[str, ...], tuple[float, int, int]] = {}
     for i, j in ((i, j) for i in range(len(responses)) for j in range(len(responses)) if i != j):
         if responses[i] == responses[j]:
             continue
         labelled = [a for a in attributes if a in scores[i] and a in scores[j]]
-        wins = [a for a in labelled if scores[i][a] > scores[j][a]]
-        if tradeoffs_only and not any(scores[j][a] > scores[i][a] for a in labelled):
+        wins = [a for a in labelled if beats(scores[i], scores[j], a)]
+        if tradeoffs_only and not any(beats(scores[j], scores[i], a) for a in labelled):
             continue
         for s in _subsets(wins, one_hot=weighting == "one_hot"):
             margin = sum(scores[i][a] - scores[j][a] for a in s)
@@ -79,7 +88,7 @@ def conditioned_pairs(
     for s, (margin, i, j) in best.items():
         weights = {a: 1.0 / len(s) for a in s}
         if weighting == "negative":
-            losses = [a for a in attributes if a in scores[i] and a in scores[j] and scores[j][a] > scores[i][a]]
+            losses = [a for a in attributes if a in scores[i] and a in scores[j] and beats(scores[j], scores[i], a)]
             weights.update({a: -1.0 / len(losses) for a in losses})
         elif weighting == "rating_ratio":
             if scales is None:
@@ -117,6 +126,7 @@ def prompt_pairs(
     weighting: Weighting = "power_set",
     ratio_offset: float = 0.25,
     tradeoffs_only: bool = False,
+    min_margin: dict[str, float] | None = None,
 ) -> list[ConditionedPair]:
     """Conditioned pairs of one prompt's records: scored responses, or attribute-labelled pairs."""
     if all(isinstance(r, ScoredResponse) for r in records):
@@ -126,7 +136,7 @@ def prompt_pairs(
         if not set(attributes) & {a for r in records for a in r.scores}:
             return []  # e.g. an OASST prompt in a HelpSteer + OASST mixture (all-empty data still fails later)
         return conditioned_pairs([r.response for r in records], [r.scores for r in records], attributes, weighting,
-                                 scales, ratio_offset, tradeoffs_only)
+                                 scales, ratio_offset, tradeoffs_only, min_margin)
     if all(isinstance(r, PreferencePair) for r in records):
         if weighting == "rating_ratio":
             raise ValueError("rating_ratio weighting needs scalar ratings; pairwise data has none")

@@ -142,6 +142,10 @@ def test_steer_validation():
         cmpo(steer={"a": -1.0})
     with pytest.raises(ValueError, match="all weights are zero"):
         cmpo(steer={"a": 0.0, "b": 0.0})
+    with pytest.raises(ValueError, match=r"model.min_margin .*unknown: \['c'\]"):
+        cmpo(min_margin={"c": 0.1})
+    with pytest.raises(ValueError, match=r"model.min_margin .*margins >= 0"):
+        cmpo(min_margin={"a": -0.1})
     module = cmpo(steer={"a": -1.0, "b": 1.0}, allow_negative_weights=True)
     assert module.steer_preference.vector().tolist() == [-1.0, 1.0]
     assert module.default_preference().as_dict() == {"a": 0.5, "b": 0.5}

@@ -100,3 +100,22 @@ def test_tradeoffs_only_keeps_pairs_that_trade_attributes_off():
     assert set(kept) == {("help",), ("verb",)}  # a trade-off pair never wins on both attributes
     assert (kept[("help",)].chosen, kept[("help",)].rejected) == ("y0", "y1")
     assert (kept[("verb",)].chosen, kept[("verb",)].rejected) == ("y1", "y0")
+
+
+def test_min_margin_makes_small_differences_ties():
+    #       help  verb
+    # a:    0.50   10
+    # b:    0.45    2      help differs by 0.05 (noise under min_margin 0.1), verb by 8
+    scores = [{"help": 0.5, "verb": 10}, {"help": 0.45, "verb": 2}]
+    every = by_condition(conditioned_pairs(["a", "b"], scores, ATTRS, "one_hot"))
+    assert set(every) == {("help",), ("verb",)}
+    kept = by_condition(conditioned_pairs(["a", "b"], scores, ATTRS, "one_hot", min_margin={"help": 0.1}))
+    assert set(kept) == {("verb",)} and (kept[("verb",)].chosen, kept[("verb",)].rejected) == ("a", "b")
+    # the floor is exclusive of the margin itself and applies per attribute: verb 8 > 7.9 stays, > 8 goes
+    assert {("verb",)} == set(by_condition(conditioned_pairs(["a", "b"], scores, ATTRS, "one_hot",
+                                                               min_margin={"verb": 7.9, "help": 0.1})))
+    assert conditioned_pairs(["a", "b"], scores, ATTRS, "one_hot", min_margin={"verb": 8, "help": 0.1}) == []
+    # a within-margin loss is no loss: with help tied, (a, b) no longer trades off
+    scores = [{"help": 0.45, "verb": 10}, {"help": 0.5, "verb": 2}]
+    assert conditioned_pairs(["a", "b"], scores, ATTRS, "power_set", tradeoffs_only=True)
+    assert not conditioned_pairs(["a", "b"], scores, ATTRS, "power_set", tradeoffs_only=True, min_margin={"help": 0.1})
