@@ -32,8 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from callbacks.summary import metric_rows
 from lightning_modules.base import STAGE_PREFIX, CausalLMModule, as_dataclass
 from zoo.examples import ExampleBuilder
 from zoo.records import Record, ScoredResponse
@@ -248,25 +250,22 @@ class OnlineModule(CausalLMModule):
 
     def held_out_change(self) -> dict[str, Any] | None:
         """The held-out objective at the first and the last evaluation (per-prompt means) and the paired change
-        last − first with its 95% bootstrap interval over prompts; None before two evaluations."""
-        if len(self.eval_scores) < 2:
+        last − first with its 95% bootstrap interval over prompts; None before two paired evaluations."""
+        first, last = min(self.eval_scores, default=0), max(self.eval_scores, default=0)
+        a, b = np.asarray(self.eval_scores.get(first, [])), np.asarray(self.eval_scores.get(last, []))
+        if first == last or len(a) != len(b):  # one evaluation, or another held-out set after a resume
             return None
-        first, last = min(self.eval_scores), max(self.eval_scores)
-        a, b = torch.tensor(self.eval_scores[first]), torch.tensor(self.eval_scores[last])
-        if len(a) != len(b):
-            return None  # a different held-out set (e.g. more validation rows after a resume): not paired
-        low, high = bootstrap_interval((b - a).numpy())
-        return {"first_step": first, "last_step": last, "first": a.mean().item(), "last": b.mean().item(),
-                "change": (b - a).mean().item(), "low": low, "high": high, "prompts": len(a)}
+        low, high = bootstrap_interval(b - a)
+        return {"first_step": first, "last_step": last, "first": float(a.mean()), "last": float(b.mean()),
+                "change": float((b - a).mean()), "low": low, "high": high, "prompts": len(a)}
 
     def on_fit_end(self) -> None:
         change = self.held_out_change()
         if change is not None and self.trainer.is_global_zero:
-            verdict = "beyond" if change["low"] > 0 or change["high"] < 0 else "within"
-            print(f"{type(self).__name__}: held-out objective {change['first']:.3f} (step {change['first_step']}) -> "
-                  f"{change['last']:.3f} (step {change['last_step']}) on {change['prompts']} prompts; change "
-                  f"{change['change']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}] (95% bootstrap, paired): "
-                  f"{verdict} noise")
+            first, last = change["first_step"], change["last_step"]
+            print(f"{type(self).__name__}: held-out objective per prompt, step {first} -> step {last}:")
+            print("\n".join(metric_rows({"objective": np.asarray(self.eval_scores[first])},
+                                        {"objective": np.asarray(self.eval_scores[last])})))
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

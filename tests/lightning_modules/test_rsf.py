@@ -163,3 +163,16 @@ def test_a_prompt_over_the_length_cap_stops_before_any_training_step(tmp_path):
     with pytest.raises(ValueError, match="RSF round 0: prompt 0 has \\d+ tokens, more than sampling.max_total_length 10"):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 0
+
+
+def test_held_out_change_pairs_the_first_and_last_evaluation():
+    from types import SimpleNamespace
+
+    from lightning_modules.online import OnlineModule
+
+    run = SimpleNamespace(eval_scores={0: [0.1, 0.2, 0.0], 16: [0.9, 0.9, 0.9], 32: [0.5, 0.4, 0.6]})
+    change = OnlineModule.held_out_change(run)
+    assert (change["first_step"], change["last_step"], change["prompts"]) == (0, 32, 3)
+    assert change["change"] == pytest.approx(0.4) and 0 < change["low"] <= 0.4 <= change["high"]
+    for scores in ({}, {0: [0.1, 0.2]}, {0: [0.1, 0.2], 8: [0.3]}):  # no pair: one evaluation or another held-out set
+        assert OnlineModule.held_out_change(SimpleNamespace(eval_scores=scores)) is None
